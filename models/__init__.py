@@ -1,0 +1,1 @@
+"""Encoders: resolve, export to ONNX, quantize, align, and run them."""

@@ -1,0 +1,204 @@
+"""Run an alignment end to end: gather texts, fit or distill, publish, cache by inputs.
+
+Results live in ``$TANDEM_HOME/aligned/.store/<inputs-hash>`` and the name the
+user chose is a symlink to it, swapped atomically. Running the same alignment
+again returns the stored one in seconds; changing any input builds a new one.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from models.align import (
+    Adapter,
+    AlignTexts,
+    align_adapter,
+    heldout_report,
+    paired_embeddings,
+    pseudo_queries,
+    split_rows,
+    write_aligned_artifact,
+)
+from models.artifacts import aligned_dir
+from models.cache import publish_dir, stable_hash
+from models.card import Alignment, ModelCard
+from models.distill import DistillConfig
+from models.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+Method = Literal["adapter", "distill"]
+ALIGN_FORMAT = 1
+
+
+def gather_texts(path: Path, n_pseudo: int = 8000, seed: int = 0) -> AlignTexts:
+    """Training texts from a BEIR folder, a corpus file, or an index bundle.
+
+    Queries: the dataset's *train* queries (never test) plus pseudo-queries cut
+    from passages. From a bundle, passages come with their teacher vectors, so
+    the teacher never embeds them twice.
+    """
+    from indexer.corpus import read_corpus
+
+    path = Path(path)
+    train_queries: list[str] = []
+    vectors = None
+    if (path / "manifest.json").exists() or (path / "current").exists():
+        from indexer.bundle import open_bundle
+
+        bundle = open_bundle(path)
+        docs = bundle.documents(range(bundle.n_docs))
+        passages = [d.text for d in docs]
+        vectors = np.asarray(bundle.vectors, dtype=np.float32)
+    else:
+        passages = [doc.text for doc in read_corpus(path, skip_bad=True)]
+        if (path / "qrels" / "train.tsv").exists():
+            from evaluation.dataset import load_eval_set
+
+            train_queries = load_eval_set(path, "train").query_texts
+    queries = train_queries + pseudo_queries(passages, n_pseudo, seed)
+    return AlignTexts(queries, passages, vectors, source=f"{path.name}:{len(passages)} passages")
+
+
+def _publish_named(name: str, key: str, build: Callable[[Path], ModelCard]) -> Path:
+    """Build into the keyed store unless present, then point ``name`` at it atomically."""
+    store = aligned_dir(".store") / key
+    if not (store / "card.json").exists():
+        with publish_dir(store) as tmp:
+            build(tmp)
+    link = aligned_dir(name)
+    tmp_link = link.with_name(f".{name}.link")
+    if tmp_link.is_symlink() or tmp_link.exists():
+        tmp_link.unlink()
+    os.symlink(Path(".store") / key, tmp_link)
+    os.replace(tmp_link, link)
+    return link
+
+
+def run_alignment(
+    student_dir: Path,
+    teacher_dir: Path,
+    texts: AlignTexts,
+    method: Method,
+    out_name: str,
+    distill_config: DistillConfig | None = None,
+    quantize: bool = True,
+) -> Path:
+    """Align and publish; returns the aligned artifact folder (cached by inputs)."""
+    student_card, teacher_card = ModelCard.load(student_dir), ModelCard.load(teacher_dir)
+    adapter_key = stable_hash(
+        ALIGN_FORMAT, "adapter", student_card.fingerprint, teacher_card.fingerprint, texts.key()
+    )
+    adapter_path = _publish_named(
+        out_name if method == "adapter" else f"{out_name}-adapter",
+        adapter_key,
+        lambda tmp: align_adapter(student_dir, teacher_dir, texts, tmp, out_name),
+    )
+    if method == "adapter":
+        _maybe_quantize(adapter_path, quantize)
+        return adapter_path
+    config = distill_config or DistillConfig()
+    key = stable_hash(ALIGN_FORMAT, "distill", adapter_key, asdict(config))
+    path = _publish_named(
+        out_name,
+        key,
+        lambda tmp: _distill_into(tmp, student_dir, teacher_dir, adapter_path, texts, config, key),
+    )
+    _maybe_quantize(path, quantize)
+    return path
+
+
+def _maybe_quantize(path: Path, quantize: bool) -> None:
+    from models.quantize import QuantizationRefused, quantize_int8
+
+    card = ModelCard.load(path)
+    if not quantize or card.int8 is not None:
+        return
+    try:
+        quantize_int8(path.resolve())
+    except QuantizationRefused as exc:
+        logger.warning("%s", exc)
+
+
+def _distill_into(
+    out_dir: Path,
+    student_dir: Path,
+    teacher_dir: Path,
+    adapter_dir: Path,
+    texts: AlignTexts,
+    config: DistillConfig,
+    key: str,
+) -> ModelCard:
+    from models.distill import build_student, distill
+    from models.export import check_parity, export_module
+    from models.sources import resolve_source
+
+    student = Encoder(student_dir, device="cpu")
+    teacher = Encoder(teacher_dir, device="cpu")
+    pairs = paired_embeddings(student, teacher, texts)
+    split = split_rows(pairs.kinds, seed=config.seed)
+    rows = np.concatenate([split.train, split.val])
+    all_texts = texts.queries + texts.passages
+    saved = np.load(adapter_dir / "adapter.npz")
+    adapter = Adapter(saved["weight"], saved["bias"], lam=0.0)
+    source = resolve_source(_source_spec(student.card))
+    module = build_student(source, adapter)
+    work = aligned_dir(".work") / key
+    work.mkdir(parents=True, exist_ok=True)
+    logger.info("distilling on %d texts (%d held out)", len(rows), len(split.heldout))
+    stats = distill(
+        module,
+        student.folder / student.card.tokenizer_file,
+        [all_texts[i] for i in rows],
+        pairs.teacher[rows],
+        config,
+        work,
+        on_step=_log_step,
+    )
+    onnx_path = out_dir / "model.distilled.onnx"
+    module.to("cpu")
+    export_module(module, onnx_path)
+    alignment = Alignment(
+        teacher_name=teacher.name,
+        teacher_fingerprint=teacher.card.fingerprint,
+        method="distill",
+        n_texts=len(rows),
+        settings={"out_name": ModelCard.load(adapter_dir).name, **asdict(config), **stats},
+    )
+    card = write_aligned_artifact(student, teacher, onnx_path, out_dir, alignment)
+    onnx_path.unlink()
+    card.parity_min_cosine = check_parity(module, Encoder(out_dir, device="cpu"))
+    aligned = Encoder(out_dir, device="cpu")
+    held = split.heldout
+    pred = np.zeros_like(pairs.teacher)
+    held_q = [i for i in held if pairs.kinds[i] == "query"]
+    held_p = [i for i in held if pairs.kinds[i] == "document"]
+    pred[held_q] = aligned.encode([all_texts[i] for i in held_q], "query")
+    pred[held_p] = aligned.encode([all_texts[i] for i in held_p], "document")
+    card.aligned_to = alignment.model_copy(
+        update={"heldout_cosine": heldout_report(pred, pairs.teacher, pairs.kinds, held)}
+    )
+    card.save(out_dir)
+    logger.info("distilled student held-out cosine: %s", card.aligned_to.heldout_cosine)
+    return card
+
+
+def _source_spec(card: ModelCard) -> str:
+    """The spec that resolves the student's original weights (for training)."""
+    if card.source.startswith("local:"):
+        return card.source.removeprefix("local:")
+    if card.source.startswith("hub:"):
+        return card.source.removeprefix("hub:")
+    return card.name
+
+
+def _log_step(step: int, total: int, loss: float) -> None:
+    if step % 50 == 0 or step == total:
+        logger.info("distill step %d/%d loss %.4f", step, total, loss)

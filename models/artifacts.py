@@ -1,0 +1,85 @@
+"""Find or build the ONNX artifact for a model spec, cached by the hash of its inputs.
+
+An artifact is a folder with ``card.json``, ``tokenizer.json``, ``model.onnx``
+and, once quantized, ``model.int8.onnx``. Specs resolve in this order: an
+artifact folder; an aligned student by name (``$TANDEM_HOME/aligned/NAME``);
+anything ``models.sources`` resolves, exported on first use (needs the
+``export`` extra: torch is never needed once the artifact is cached).
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.util import find_spec
+from pathlib import Path
+
+from models.cache import publish_dir, sha256_file, stable_hash, tandem_home
+from models.card import CARD_FILE
+from models.sources import ModelSource, resolve_source
+
+logger = logging.getLogger(__name__)
+
+EXPORT_FORMAT = 1  # bump when the exported graph changes, so caches are rebuilt
+
+
+class ArtifactError(Exception):
+    """No artifact exists for a spec and none can be built here."""
+
+
+def aligned_dir(name: str) -> Path:
+    return tandem_home() / "aligned" / name
+
+
+def find_artifact(spec: str) -> Path | None:
+    """The artifact folder for spec if one exists already; never exports."""
+    path = Path(spec).expanduser()
+    if (path / CARD_FILE).exists():
+        return path
+    if "/" not in spec and (aligned_dir(spec) / CARD_FILE).exists():
+        return aligned_dir(spec)
+    return None
+
+
+def export_dir(source: ModelSource) -> Path:
+    key = stable_hash(
+        EXPORT_FORMAT,
+        source.name,
+        [(p.name, p.stat().st_size, sha256_file(p)) for p in _weight_files(source.folder)],
+        sha256_file(source.folder / "tokenizer.json"),
+        source.pooling,
+        source.max_length,
+        source.query_prefix,
+        source.document_prefix,
+    )
+    return tandem_home() / "onnx" / f"{source.name}-{key}"
+
+
+def resolve_artifact(spec: str, export_if_missing: bool = True) -> Path:
+    """The artifact folder for spec, exporting (once, cached) if needed and allowed."""
+    found = find_artifact(spec)
+    if found is not None:
+        return found
+    source = resolve_source(spec)
+    target = export_dir(source)
+    if (target / CARD_FILE).exists():
+        return target
+    if not export_if_missing:
+        raise ArtifactError(
+            f"{spec!r} has not been exported yet: run `tandem models export {spec}`"
+        )
+    missing = [m for m in ("torch", "transformers", "sentence_transformers") if not find_spec(m)]
+    if missing:
+        raise ArtifactError(
+            f"exporting {spec!r} to ONNX needs {', '.join(missing)}: "
+            "run scripts/install.sh --export (or pip install 'tandem[export]')"
+        )
+    from models.export import export_onnx
+
+    logger.info("exporting %s to ONNX into %s", source.name, target)
+    with publish_dir(target) as tmp:
+        export_onnx(source, tmp)
+    return target
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return sorted(folder.rglob("*.safetensors")) or sorted(folder.rglob("pytorch_model*.bin"))

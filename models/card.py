@@ -1,0 +1,121 @@
+"""The model card: what an encoder artifact is, and a fingerprint that names it.
+
+The fingerprint is a sha256 over everything that changes the vectors an
+encoder produces: its weights, its tokenizer, pooling, normalization,
+prefixes, output dimension and maximum length. Bundles record the teacher's
+fingerprint and aligned students record the teacher they speak for, so a
+mismatched pair is refused instead of silently returning bad results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+CARD_FILE = "card.json"
+Pooling = Literal["mean", "cls"]
+Precision = Literal["fp32", "int8"]
+
+
+class Alignment(BaseModel):
+    """How a student was made to speak a teacher's space."""
+
+    teacher_name: str
+    teacher_fingerprint: str
+    method: Literal["adapter", "distill", "upstream"]  # upstream: aligned by its publisher
+    n_texts: int
+    heldout_cosine: dict[str, float] = Field(
+        default_factory=dict, description="mean cosine to the teacher on held-out texts, by kind"
+    )
+    settings: dict[str, object] = Field(default_factory=dict)
+
+
+class QuantizedFile(BaseModel):
+    """An int8 variant and the quality guard's verdict on it."""
+
+    file: str
+    cosine_mean: float
+    cosine_min: float
+    settings: dict[str, object] = Field(default_factory=dict)
+
+
+class ModelCard(BaseModel):
+    """Everything needed to run an ONNX encoder artifact and to know what it is."""
+
+    name: str
+    source: str
+    dim: int
+    pooling: Pooling
+    normalize: bool = True
+    max_length: int
+    query_prefix: str = ""
+    document_prefix: str = ""
+    weights_sha256: str
+    tokenizer_sha256: str
+    onnx_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    parity_min_cosine: float | None = None
+    int8: QuantizedFile | None = None
+    aligned_to: Alignment | None = None
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 over the fields that change the vectors; stable across machines."""
+        return fingerprint(
+            weights_sha256=self.weights_sha256,
+            tokenizer_sha256=self.tokenizer_sha256,
+            pooling=self.pooling,
+            normalize=self.normalize,
+            query_prefix=self.query_prefix,
+            document_prefix=self.document_prefix,
+            dim=self.dim,
+            max_length=self.max_length,
+        )
+
+    def precisions(self) -> list[Precision]:
+        return ["fp32", "int8"] if self.int8 is not None else ["fp32"]
+
+    def save(self, folder: Path) -> None:
+        data = self.model_dump(mode="json")
+        data["fingerprint"] = self.fingerprint
+        (folder / CARD_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, folder: Path) -> ModelCard:
+        path = folder / CARD_FILE
+        data = json.loads(path.read_text())
+        data.pop("fingerprint", None)
+        return cls.model_validate(data)
+
+
+def fingerprint(
+    *,
+    weights_sha256: str,
+    tokenizer_sha256: str,
+    pooling: str,
+    normalize: bool,
+    query_prefix: str,
+    document_prefix: str,
+    dim: int,
+    max_length: int,
+) -> str:
+    payload = json.dumps(
+        {
+            "weights": weights_sha256,
+            "tokenizer": tokenizer_sha256,
+            "pooling": pooling,
+            "normalize": normalize,
+            "query_prefix": query_prefix,
+            "document_prefix": document_prefix,
+            "dim": dim,
+            "max_length": max_length,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()

