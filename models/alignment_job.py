@@ -116,13 +116,13 @@ def run_alignment(
 
 
 def _maybe_quantize(path: Path, quantize: bool) -> None:
-    from models.quantize import QuantizationRefused, quantize_int8
+    from models.quantize import QuantizationRefused, quantize_best
 
     card = ModelCard.load(path)
     if not quantize or card.int8 is not None:
         return
     try:
-        quantize_int8(path.resolve())
+        quantize_best(path.resolve())
     except QuantizationRefused as exc:
         logger.warning("%s", exc)
 

@@ -63,31 +63,19 @@ def quantize(
     min_cosine: Annotated[float, typer.Option(help="Guard: worst text's cosine to fp32.")] = 0.95,
 ) -> None:
     """Make an int8 variant: weight-only MatMuls per channel, tried from most to least quantized."""
-    from models.quantize import QuantConfig, QuantizationRefused, quantize_int8
+    from models.quantize import QuantizationRefused, quantize_best
 
     try:
         folder = resolve_artifact(spec)
+        with console.status(f"quantizing {spec} (weight-only int8, per channel)"):
+            card, attempts = quantize_best(folder, min_mean_cosine, min_cosine)
+    except QuantizationRefused as exc:
+        raise _fail(ValueError(f"no int8 variant of {spec} passed the guard: {exc}")) from exc
     except USER_ERRORS as exc:
         raise _fail(exc) from exc
-    ladder = [
-        ("all weight MatMuls", QuantConfig()),
-        ("FFN down-projections kept fp32", QuantConfig(exclude_ffn_down=True)),
-        ("attention projections only", QuantConfig(exclude_ffn_down=True, exclude_ffn_up=True)),
-    ]
-    for label, config in ladder:
-        try:
-            with console.status(f"quantizing {spec}: {label}"):
-                card = quantize_int8(folder, config, min_mean_cosine, min_cosine)
-        except QuantizationRefused as exc:
-            console.print(f"[yellow]refused[/yellow] ({label}): {exc}")
-            continue
-        if card.int8 is not None:
-            console.print(
-                f"[green]accepted[/green] ({label}): cosine mean {card.int8.cosine_mean:.4f}, "
-                f"min {card.int8.cosine_min:.4f} -> {folder / card.int8.file}"
-            )
-            return
-    raise _fail(ValueError(f"no int8 variant of {spec} passed the guard; serve it in fp32"))
+    for line in attempts:
+        console.print(line)
+    console.print(f"int8 model: {folder / card.int8.file if card.int8 else '-'}")
 
 
 @app.command()
@@ -186,4 +174,3 @@ def align(
     except USER_ERRORS as exc:
         raise _fail(exc) from exc
     info(str(folder))
-

@@ -119,7 +119,11 @@ def distill(
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     rng = np.random.default_rng(config.seed)
-    order = np.concatenate([rng.permutation(len(texts)) for _ in range(math.ceil(config.epochs))])
+    batches = [
+        perm[start : start + config.batch_size]
+        for perm in (rng.permutation(len(texts)) for _ in range(math.ceil(config.epochs)))
+        for start in range(0, len(texts), config.batch_size)
+    ]
     step = 0
     ckpt = work_dir / "checkpoint.pt"
     if ckpt.exists():
@@ -134,7 +138,7 @@ def distill(
     started = time.monotonic()
     losses: list[float] = []
     while step < total_steps:
-        rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+        rows = batches[step]
         encodings = tokenizer.encode_batch([texts[i] for i in rows])
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long, device=device)
         mask = torch.tensor([e.attention_mask for e in encodings], dtype=torch.long, device=device)

