@@ -7,9 +7,11 @@ import logging
 import typer
 from rich.logging import RichHandler
 
+from evaluation.cli import eval_command
 from indexer.cli import app as index_app
 from models.cli import app as models_app
 from server.cli import serve
+from tandem.demo import demo
 
 app = typer.Typer(
     name="tandem",
@@ -17,9 +19,13 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-app.add_typer(models_app, name="models", help="Resolve, export, quantize, align and inspect encoders.")
+app.add_typer(
+    models_app, name="models", help="Resolve, export, quantize, align and inspect encoders."
+)
 app.add_typer(index_app, name="index", help="Build and maintain index bundles.")
 app.command("serve", help="Serve /search over a bundle with an ONNX student.")(serve)
+app.command("demo", help="Index the sample corpus, serve it, print a curl.")(demo)
+app.command("eval", help="Retrieval quality by mode × variant on a BEIR split.")(eval_command)
 
 
 @app.callback()
