@@ -1,0 +1,1 @@
+"""Benchmarks: ratios measured side by side on one machine in one run."""

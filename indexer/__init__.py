@@ -1,0 +1,1 @@
+"""Corpus -> index bundle: teacher vectors plus truncated and quantized FAISS variants."""

@@ -1,0 +1,5 @@
+"""``python -m indexer`` runs the same commands as ``tandem index``."""
+
+from indexer.cli import main
+
+main()

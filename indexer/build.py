@@ -1,0 +1,432 @@
+"""Corpus -> published bundle version, resumable after Ctrl-C or kill -9.
+
+A build runs in three phases inside the root's work folder:
+
+1. *stage*: documents are streamed into a SQLite table (ids checked for
+   duplicates there, not in RAM) and a sparse vectors file of the final
+   size is created;
+2. *embed*: documents are taken in order of text length (so each batch pads
+   little) in checkpoint chunks of N; each chunk goes through the embedding
+   cache (committed once per chunk, so the cache is the checkpoint store),
+   its rows are written to the vectors file and synced, and only then is
+   the chunk recorded as done in ``state.json``;
+3. *publish*: variants are built from the vectors file chunk by chunk (no
+   step holds all vectors in RAM), and the staged files are hardlinked into
+   a new bundle version.
+
+``--resume`` continues from the last recorded chunk with the same settings;
+a chunk in flight when the process died is recomputed (or found in the
+cache), so the result has every document exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from indexer.bundle import (
+    BundleStage,
+    VariantInfo,
+    VectorsDtype,
+    create_vectors,
+    root_lock,
+    versions_dir,
+    work_dir,
+)
+from indexer.corpus import CorpusStats, Doc, as_docs
+from indexer.docstore import DocReader, DocWriter, DuplicateIdError, length_order
+from indexer.variants import (
+    VariantSpec,
+    build_index_with_params,
+    parse_variants,
+    write_index,
+)
+from indexer.vectorfile import VectorFile
+from models.cache import stable_hash, write_json_atomic
+from models.embedding_cache import EmbeddingCache, encode_cached
+from models.encoder import Encoder
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+STATE_FILE = "state.json"
+WORK_DOCS = "docs.sqlite"
+WORK_VECTORS = "vectors.npy"
+DEFAULT_CHECKPOINT_EVERY = 256  # docs; at most this many are re-embedded after a crash
+DEFAULT_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH = 128
+# Rows per chunk when variants are built from the vectors file: bounds the
+# float32 working copies (8k x 768 x 4 B = 24 MiB each) whatever the corpus size.
+VARIANT_CHUNK = 8192
+
+DocLike = Doc | Mapping[str, Any] | tuple[str, str]
+
+
+class BuildError(Exception):
+    """A build or update cannot proceed; the message says what to do."""
+
+
+class Progress(Protocol):
+    """Where builds report progress; the CLI renders it as a rich progress bar."""
+
+    def phase(self, name: str, total: int, done: int = 0) -> None: ...
+
+    def advance(self, n: int) -> None: ...
+
+
+class NoProgress:
+    """Progress that goes nowhere (library default); phases are logged."""
+
+    def phase(self, name: str, total: int, done: int = 0) -> None:
+        logger.info("%s: %d/%d", name, done, total)
+
+    def advance(self, n: int) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class EmbedSettings:
+    """How the teacher is run: checkpoint chunk size and the batch token budget."""
+
+    checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    batch_tokens: int = DEFAULT_BATCH_TOKENS
+    max_batch: int = DEFAULT_MAX_BATCH
+
+    def __post_init__(self) -> None:
+        if self.checkpoint_every < 1 or self.batch_tokens < 1 or self.max_batch < 1:
+            raise BuildError(
+                f"checkpoint size, batch tokens and max batch must be positive: {self}"
+            )
+
+
+@dataclass
+class BuildState:
+    """What the work folder has done so far; rewritten atomically after every step."""
+
+    key: str
+    settings: dict[str, Any]
+    checkpoint_every: int
+    format: int = STATE_FORMAT
+    staged: bool = False
+    n_docs: int = 0
+    corpus_stats: dict[str, Any] = field(default_factory=dict)
+    chunks_done: int = 0
+    embed_seconds: float = 0.0
+    resumed: int = 0
+    published: str | None = None
+
+    def save(self, work: Path) -> None:
+        write_json_atomic(work / STATE_FILE, asdict(self))
+
+    @classmethod
+    def load(cls, work: Path) -> BuildState | None:
+        try:
+            data = json.loads((work / STATE_FILE).read_text())
+            if data.get("format") != STATE_FORMAT:
+                return None
+            return cls(**data)
+        except (OSError, ValueError, TypeError):
+            return None
+
+
+def default_variants(dim: int) -> list[str]:
+    """Exact, int8 and binary at full dimension: the baseline and the two compressions."""
+    return [f"f32-{dim}", f"int8-{dim}", f"bin-{dim}"]
+
+
+def teacher_identity(teacher: Encoder) -> dict[str, str]:
+    return {
+        "name": teacher.card.name,
+        "fingerprint": teacher.card.fingerprint,
+        "precision": teacher.precision,
+    }
+
+
+def tandem_version() -> str:
+    try:
+        return version("tandem")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def embed_rows(
+    teacher: Encoder,
+    texts_of: Callable[[npt.NDArray[np.int64]], list[str]],
+    rows: npt.NDArray[np.int64],
+    out: VectorFile,
+    cache: EmbeddingCache | None,
+    settings: EmbedSettings,
+    progress: Progress,
+    first_chunk: int = 0,
+    on_checkpoint: Callable[[int], None] | None = None,
+) -> None:
+    """Embed ``rows`` (in the order given) into ``out`` one checkpoint chunk at a time.
+
+    After each chunk the rows are written and made durable before
+    ``on_checkpoint(chunks_done)`` runs, so a recorded checkpoint never points
+    at vectors that are not on disk.
+    """
+    every = settings.checkpoint_every
+    for c in range(first_chunk, math.ceil(len(rows) / every)):
+        chunk_rows = rows[c * every : (c + 1) * every]
+        texts = texts_of(chunk_rows)
+        vecs = encode_cached(
+            teacher,
+            texts,
+            "document",
+            cache,
+            chunk_size=len(texts),  # one cache commit per checkpoint chunk
+            on_progress=progress.advance,
+            token_budget=settings.batch_tokens,
+            max_batch=settings.max_batch,
+        )
+        if not np.isfinite(vecs).all():
+            raise BuildError(f"the teacher produced non-finite vectors in chunk {c}")
+        out.write_rows(chunk_rows, vecs)
+        out.flush()
+        if on_checkpoint is not None:
+            on_checkpoint(c + 1)
+
+
+def build_variants(
+    stage: BundleStage,
+    specs: Sequence[VariantSpec],
+    vectors: VectorFile | np.ndarray[Any, Any],
+    progress: Progress,
+) -> dict[str, VariantInfo]:
+    """Build each variant from the stored vectors into the stage, one at a time."""
+    infos: dict[str, VariantInfo] = {}
+    for spec in specs:
+        progress.phase(f"variant {spec.name}", total=int(vectors.shape[0]))
+        started = time.perf_counter()
+        index, params = build_index_with_params(spec, vectors, VARIANT_CHUNK, progress.advance)
+        write_index(spec, index, stage.variant_path(spec.name))
+        infos[spec.name] = stage.variant_info(
+            spec.name, int(index.ntotal), time.perf_counter() - started, params
+        )
+        del index
+    return infos
+
+
+def build_bundle(
+    docs: Iterable[DocLike],
+    root: Path,
+    teacher: Encoder,
+    variants: Sequence[str] | None = None,
+    *,
+    vectors_dtype: VectorsDtype = "f16",
+    resume: bool = False,
+    dedupe: bool = False,
+    settings: EmbedSettings | None = None,
+    cache: EmbeddingCache | None = None,
+    use_cache: bool = True,
+    progress: Progress | None = None,
+    corpus_info: dict[str, Any] | None = None,
+    corpus_stats: CorpusStats | None = None,
+    students: Sequence[str] = (),
+) -> Path:
+    """Embed ``docs`` with the teacher and publish a new bundle version under ``root``.
+
+    Returns the published version directory. ``cache`` defaults to the
+    teacher's shared embedding cache (``use_cache=False`` disables it; resume
+    then relies on the work folder alone). ``corpus_info`` (e.g. the corpus
+    file signature and text fields) is recorded in the manifest and must
+    match on ``resume``; ``corpus_stats`` is read after the docs are consumed.
+    """
+    root = Path(root)
+    specs = parse_variants(list(variants or default_variants(teacher.dim)), teacher.dim)
+    settings = settings or EmbedSettings()
+    progress = progress or NoProgress()
+    if vectors_dtype not in ("f16", "f32"):
+        raise BuildError(f"vectors dtype must be f16 or f32, got {vectors_dtype!r}")
+    identity = {
+        "teacher": teacher_identity(teacher),
+        "vectors_dtype": vectors_dtype,
+        "dedupe": dedupe,
+        "corpus": corpus_info or {},
+    }
+    key = stable_hash(identity)
+    with root_lock(root):
+        work = work_dir(root)
+        state = _start_or_resume(work, key, identity, resume, settings.checkpoint_every)
+        if state.published is not None:
+            done = versions_dir(root) / state.published
+            shutil.rmtree(work, ignore_errors=True)
+            logger.info("the interrupted build had already published %s", done)
+            return done
+        if not state.staged:
+            try:
+                _stage(
+                    docs, work, state, dedupe, teacher.dim, vectors_dtype, corpus_stats, progress
+                )
+            except BaseException:
+                shutil.rmtree(work, ignore_errors=True)  # nothing embedded yet: nothing to resume
+                raise
+        if use_cache and cache is None:
+            cache = EmbeddingCache.for_encoder(teacher)
+        _embed(work, state, teacher, cache, settings, progress)
+        stage_settings = asdict(settings) | {"checkpoint_every": state.checkpoint_every}
+        with BundleStage(root) as stage:
+            stage.adopt(work / WORK_DOCS, stage.docs_path())
+            stage.adopt(work / WORK_VECTORS, stage.vectors_path(vectors_dtype))
+            with VectorFile(stage.vectors_path(vectors_dtype)) as vectors:
+                infos = build_variants(stage, specs, vectors, progress)
+            published = stage.publish(
+                teacher_name=teacher.card.name,
+                teacher_fingerprint=teacher.card.fingerprint,
+                teacher_card=teacher.card.model_dump(mode="json")
+                | {"fingerprint": teacher.card.fingerprint},
+                dim=teacher.dim,
+                normalized=teacher.card.normalize,
+                n_docs=state.n_docs,
+                vectors_dtype=vectors_dtype,
+                variants=infos,
+                build={
+                    "operation": "build",
+                    "parent": None,
+                    "teacher": identity["teacher"],
+                    "corpus": (corpus_info or {}) | {"stats": state.corpus_stats},
+                    "settings": stage_settings | {"vectors_dtype": vectors_dtype, "dedupe": dedupe},
+                    "embed_seconds": round(state.embed_seconds, 3),
+                    "resumed": state.resumed,
+                    "history": [],
+                    "tandem_version": tandem_version(),
+                },
+                students=students,
+            )
+        state.published = published.name
+        state.save(work)
+        shutil.rmtree(work, ignore_errors=True)
+    return published
+
+
+def _start_or_resume(
+    work: Path, key: str, identity: dict[str, Any], resume: bool, checkpoint_every: int
+) -> BuildState:
+    if work.exists():
+        state = BuildState.load(work) if resume else None
+        if state is not None:
+            if state.key != key:
+                differs = sorted(k for k in identity if identity[k] != state.settings.get(k))
+                raise BuildError(
+                    f"the interrupted build in {work} used different settings "
+                    f"({', '.join(differs) or 'corpus'} changed); "
+                    "rerun without --resume to start over"
+                )
+            if state.checkpoint_every != checkpoint_every:
+                logger.info(
+                    "resuming with the interrupted build's checkpoint size %d",
+                    state.checkpoint_every,
+                )
+            state.resumed += 1
+            state.save(work)
+            logger.info(
+                "resuming: %d docs staged, %d checkpoint chunk(s) done",
+                state.n_docs,
+                state.chunks_done,
+            )
+            return state
+        if resume:
+            logger.warning("the work folder %s has no usable state; starting over", work)
+        else:
+            logger.warning(
+                "discarding the interrupted build in %s (pass --resume to continue it)", work
+            )
+        shutil.rmtree(work)
+    elif resume:
+        logger.info("nothing to resume in %s; starting a new build", work.parent)
+    work.mkdir(parents=True)
+    state = BuildState(key=key, settings=identity, checkpoint_every=checkpoint_every)
+    state.save(work)
+    return state
+
+
+def _stage(
+    docs: Iterable[DocLike],
+    work: Path,
+    state: BuildState,
+    dedupe: bool,
+    dim: int,
+    dtype: VectorsDtype,
+    corpus_stats: CorpusStats | None,
+    progress: Progress,
+) -> None:
+    """Stream documents into the work table and create the (sparse) vectors file."""
+    progress.phase("reading corpus", total=0)
+    for stale in (work / WORK_DOCS, work / WORK_VECTORS):
+        stale.unlink(missing_ok=True)
+    writer = DocWriter(work / WORK_DOCS)
+    skipped = 0
+    try:
+        for doc in as_docs(docs):
+            if not writer.add(doc, dedupe):
+                skipped += 1
+            progress.advance(1)
+    except DuplicateIdError as exc:
+        raise BuildError(f"{exc} in the documents (pass --dedupe to keep the first)") from None
+    finally:
+        writer.close()
+    n = writer.next_iid
+    if n == 0:
+        raise BuildError("the corpus has no documents")
+    stats = asdict(corpus_stats) if corpus_stats is not None else {}
+    stats["n_duplicates"] = stats.get("n_duplicates", 0) + skipped
+    stats["n_docs"] = n
+    create_vectors(work / WORK_VECTORS, n, dim, dtype).close()
+    state.staged, state.n_docs, state.corpus_stats = True, n, stats
+    state.save(work)
+    logger.info("staged %d documents", n)
+
+
+def _embed(
+    work: Path,
+    state: BuildState,
+    teacher: Encoder,
+    cache: EmbeddingCache | None,
+    settings: EmbedSettings,
+    progress: Progress,
+) -> None:
+    every = state.checkpoint_every
+    settings = EmbedSettings(every, settings.batch_tokens, settings.max_batch)
+    n_chunks = math.ceil(state.n_docs / every)
+    progress.phase(
+        "embedding", total=state.n_docs, done=min(state.n_docs, state.chunks_done * every)
+    )
+    if state.chunks_done >= n_chunks:
+        return
+    out = VectorFile(work / WORK_VECTORS, writable=True)
+    reader = DocReader(work / WORK_DOCS)
+    started = time.perf_counter()
+    base_seconds = state.embed_seconds
+
+    def checkpoint(chunks_done: int) -> None:
+        state.chunks_done = chunks_done
+        state.embed_seconds = base_seconds + time.perf_counter() - started
+        state.save(work)
+
+    try:
+        embed_rows(
+            teacher,
+            lambda rows: reader.texts(rows.tolist()),
+            length_order(work / WORK_DOCS),
+            out,
+            cache,
+            settings,
+            progress,
+            first_chunk=state.chunks_done,
+            on_checkpoint=checkpoint,
+        )
+    finally:
+        reader.close()
+        out.close()
