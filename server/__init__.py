@@ -1,0 +1,1 @@
+"""The tandem search service: student queries against a teacher-built index bundle."""

@@ -1,0 +1,76 @@
+"""The /info document: enough to tell what a worker serves and how, without a shell."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import faiss
+
+from server.search import SearchService
+from server.state import faiss_gpus
+
+
+def describe(service: SearchService) -> dict[str, Any]:
+    """What /info shows: the bundle and variants served, the student, devices, batching."""
+    loaded = service.loaded
+    manifest = loaded.bundle.manifest
+    card = service.encoder.card
+    variants = []
+    for name, spec in loaded.specs.items():
+        vinfo = manifest.variants.get(name)
+        variants.append(
+            {
+                "name": name,
+                "kind": spec.kind,
+                "dim": spec.dim,
+                "hnsw": spec.hnsw,
+                "bytes": vinfo.bytes if vinfo else None,
+                "ntotal": vinfo.ntotal if vinfo else None,
+                "device": loaded.devices[name],
+            }
+        )
+    devices = set(loaded.devices.values())
+    return {
+        "bundle": {
+            "root": str(service.settings.bundle),
+            "version_dir": str(loaded.version_dir),
+            "version": loaded.version,
+            "n_docs": loaded.n_docs,
+            "dim": loaded.dim,
+            "vectors_dtype": manifest.vectors_dtype,
+            "created_at": manifest.created_at,
+            "loaded_at": loaded.loaded_at,
+            "teacher": {
+                "name": manifest.teacher_name,
+                "fingerprint": manifest.teacher_fingerprint,
+            },
+            "variants": variants,
+            "default_variant": loaded.default_variant,
+        },
+        "student": {
+            "name": card.name,
+            "fingerprint": card.fingerprint,
+            "dim": card.dim,
+            "max_length": card.max_length,
+            "precision": service.settings.precision,
+            "providers": service.encoder.providers,
+            "pairing": loaded.pairing,
+            "aligned_to": card.aligned_to.model_dump(mode="json") if card.aligned_to else None,
+        },
+        "faiss": {
+            "version": getattr(faiss, "__version__", "unknown"),
+            "gpus": faiss_gpus(),
+            "device": devices.pop() if len(devices) == 1 else "mixed",
+        },
+        "batching": {
+            "max_batch_size": service.settings.max_batch_size,
+            "max_batch_tokens": service.settings.max_batch_tokens,
+            "max_wait_ms": service.settings.max_wait_ms,
+            "max_queue": service.settings.max_queue,
+            "in_flight": service.batcher.admitted,
+            "healthy": service.batcher.healthy,
+            "last_error": service.batcher.last_error,
+        },
+        "pid": os.getpid(),
+    }

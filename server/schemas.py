@@ -1,0 +1,121 @@
+"""Request and response bodies of the HTTP API.
+
+Unknown fields are refused (``extra="forbid"``) so a typo such as ``topk``
+is a 422 rather than a silently ignored option. Hard bounds live here;
+bounds that depend on configuration (``max_k``, ``max_batch_queries``) are
+checked by the search service.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FilterValue = str | int | float | bool
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SearchOptions(_Request):
+    """Options shared by single and batch search."""
+
+    k: int = Field(10, ge=1, le=1000, description="results per query")
+    variant: str | None = Field(None, description="index variant; default: the server's")
+    rescore: bool | None = Field(
+        None, description="rescore k x oversample candidates with full-dim vectors"
+    )
+    oversample: int | None = Field(None, ge=1, le=50, description="candidates per result")
+    include_text: bool = True
+    include_metadata: bool = True
+    filter: dict[str, FilterValue] | None = Field(
+        None, description="metadata equality: every key must equal its value"
+    )
+
+
+class SearchRequest(SearchOptions):
+    query: str
+
+
+class BatchSearchRequest(SearchOptions):
+    queries: list[str] = Field(min_length=1)
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    text: str | None = None
+    metadata: dict[str, Any] | None = None
+
+
+class Timings(BaseModel):
+    """Milliseconds per stage; embed and queue are shared by the batch the query rode in."""
+
+    queue: float
+    tokenize: float
+    embed: float
+    search: float
+    rescore: float
+    total: float
+
+
+class SearchResponse(BaseModel):
+    results: list[Hit]
+    variant: str
+    rescored: bool
+    stages: list[str]
+    timings_ms: Timings
+    truncated: bool = Field(description="the query was cut to the encoder's maximum length")
+
+
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse]
+
+
+class EmbeddingsRequest(_Request):
+    """OpenAI's /v1/embeddings request (token-id inputs are not supported)."""
+
+    input: str | list[str]
+    model: str | None = None
+    dimensions: int | None = Field(None, ge=1, description="truncate, then re-normalize")
+    encoding_format: Literal["float", "base64"] = "float"
+    user: str | None = None
+
+
+class EmbeddingData(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[EmbeddingData]
+    model: str
+    usage: Usage
+
+
+class ModelEntry(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "tandem"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelEntry]
+
+
+class ReloadResponse(BaseModel):
+    status: Literal["accepted", "swapped", "unchanged"]
+    version: str | None = None
+    previous_version: str | None = None
+    seconds: float | None = None

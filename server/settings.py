@@ -1,0 +1,156 @@
+"""One settings object for the server, read once at startup.
+
+Every field is a ``tandem serve`` flag and a ``TANDEM_<FIELD>`` environment
+variable (pydantic-settings; flags win over the environment). The CLI hands
+the resolved settings to uvicorn workers through the environment, so a worker
+started by ``tandem serve`` and one started by ``uvicorn --factory
+server.app:create_app_from_env`` read exactly the same configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "TANDEM_"
+RescoreMode = Literal["auto", "always", "never"]
+
+
+class ServerSettings(BaseSettings):
+    """Configuration of one server process (and of each of its workers)."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    # What to serve.
+    bundle: Path = Field(description="bundle root (with a `current` link) or one version folder")
+    student: str = Field(description="query encoder: artifact folder, aligned name or model spec")
+    variant: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="variants to serve (comma-separated in the env); the first is the default; "
+        "empty serves every variant of the bundle",
+    )
+    allow_unaligned: bool = Field(
+        False, description="serve a student that is not aligned to the bundle's teacher"
+    )
+    precision: Literal["fp32", "int8"] = "fp32"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="student execution provider; auto picks CUDA when onnxruntime has it"
+    )
+    faiss_device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="where FAISS indexes live; auto uses a GPU when GPU faiss sees one"
+    )
+    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
+    faiss_threads: int = Field(
+        1,
+        ge=1,
+        description="OpenMP threads per FAISS search; requests already run in parallel, and "
+        "an OpenMP team per single-query search costs more than it saves",
+    )
+    search_threads: int = Field(4, ge=1, description="threads running first pass + rescoring")
+
+    # Network.
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes; indexes are mmap-shared")
+    api_key: SecretStr | None = Field(
+        None, description="Bearer key for everything but probes and /metrics; enables /admin"
+    )
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    served_model_name: str | None = Field(
+        None, description="model id for /v1/models and /v1/embeddings (default: the student name)"
+    )
+
+    # Micro-batching and admission (TEI's knobs).
+    max_batch_size: int = Field(32, ge=1, description="most queries in one ONNX run")
+    max_batch_tokens: int = Field(
+        8192, ge=16, description="padded-token budget of one ONNX run (longest x count)"
+    )
+    max_wait_ms: float = Field(
+        2.0, ge=0, le=1000, description="longest a query waits for others to share its batch"
+    )
+    max_queue: int = Field(
+        256, ge=1, description="queries admitted at once; beyond it requests get 429"
+    )
+    request_timeout_s: float = Field(
+        10.0, gt=0, description="per-request deadline; a request past it gets 503"
+    )
+    retry_after_s: int = Field(1, ge=0, description="Retry-After on 429 and 503")
+
+    # Request limits and search defaults.
+    max_k: int = Field(1000, ge=1, le=1000)
+    max_batch_queries: int = Field(64, ge=1, description="most inputs in one batch request")
+    max_input_chars: int = Field(
+        20_000, ge=16, description="characters per query kept before tokenization"
+    )
+    truncate: bool = Field(
+        True, description="truncate over-long queries and say so; false answers 422 instead"
+    )
+    max_body_bytes: int = Field(4 << 20, ge=1024, description="largest request body accepted")
+    oversample: int = Field(4, ge=1, le=50, description="default candidates per result to rescore")
+    rescore: RescoreMode = Field(
+        "auto", description="default rescoring; auto rescores every variant but full-dim f32"
+    )
+    ef_search: int = Field(64, ge=1, description="HNSW efSearch (raised to the candidate count)")
+    filter_exact_max: int = Field(
+        20_000, ge=0, description="filters matching at most this many docs are scored exactly"
+    )
+    max_candidates: int = Field(
+        10_000, ge=1, description="most first-pass candidates rescored per query (k x oversample)"
+    )
+
+    # Hot swap.
+    control_dir: Path | None = Field(
+        None, description="folder through which workers share reload requests (set by the CLI)"
+    )
+    reload_poll_s: float = Field(1.0, gt=0, description="how often workers look at control_dir")
+    watch_current: bool = Field(
+        False, description="reload by itself whenever `current` points at a new version"
+    )
+    verified_version_dir: Path | None = Field(
+        None, description="internal: version folder the CLI already verified"
+    )
+
+    @field_validator("variant", mode="before")
+    @classmethod
+    def _split_variants(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: Any) -> Any:
+        return None if value == "" else value
+
+    @property
+    def max_wait_s(self) -> float:
+        return self.max_wait_ms / 1000.0
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective configuration, fit for a log line (the API key never appears)."""
+        data = self.model_dump(mode="json")
+        data["api_key"] = "**********" if self.api_key is not None else None
+        return data
+
+    def to_env(self) -> dict[str, str]:
+        """TANDEM_* variables that reproduce these settings in a worker process."""
+        env: dict[str, str] = {}
+        for name, value in self.model_dump(mode="python").items():
+            key = ENV_PREFIX + name.upper()
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                env[key] = value.get_secret_value()
+            elif isinstance(value, list):
+                env[key] = ",".join(value)
+            elif isinstance(value, bool):
+                env[key] = "true" if value else "false"
+            elif isinstance(value, dict):
+                env[key] = json.dumps(value)
+            else:
+                env[key] = str(value)
+        return env

@@ -1,0 +1,265 @@
+"""A loaded, checked, warmed bundle, and the checks that guard loading one.
+
+The same code runs at three moments: the CLI's preflight before the port is
+bound (so a misconfiguration exits non-zero with a clear message), each
+worker's startup, and every hot reload. A ``LoadedBundle`` is leased by each
+request that uses it, so a swap never closes files under a running search:
+the old one is retired and closes when its last lease is returned.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import numpy.typing as npt
+
+from indexer.bundle import Bundle, BundleError, current_version_dir, open_bundle
+from indexer.variants import VariantError, VariantSpec, search_variant
+from models.artifacts import ArtifactError, resolve_artifact
+from models.card import ModelCard
+from models.pairing import PairingError, check_pair
+from models.sources import ModelSourceError
+
+logger = logging.getLogger(__name__)
+
+FaissDevice = Literal["auto", "cpu", "cuda"]
+
+
+class StartupCheckError(Exception):
+    """The configuration cannot be served; the message says what to change."""
+
+
+@dataclass(eq=False)
+class LoadedBundle:
+    """One bundle version with the indexes of its served variants, ready to search."""
+
+    bundle: Bundle
+    version_dir: Path
+    specs: dict[str, VariantSpec]
+    indexes: dict[str, Any]
+    devices: dict[str, str]
+    default_variant: str
+    pairing: str
+    loaded_at: float = field(default_factory=time.time)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _leases: int = 0
+    _retired: bool = False
+    _closed: bool = False
+
+    @property
+    def version(self) -> str:
+        return str(self.bundle.version)
+
+    @property
+    def dim(self) -> int:
+        return int(self.bundle.dim)
+
+    @property
+    def n_docs(self) -> int:
+        return int(self.bundle.n_docs)
+
+    def acquire(self) -> None:
+        with self._lock:
+            self._leases += 1
+
+    def release(self) -> None:
+        """Return a lease; may be called from any thread (the search pool does)."""
+        with self._lock:
+            self._leases -= 1
+            close = self._retired and self._leases == 0
+        if close:
+            self.close()
+
+    def retire(self) -> None:
+        """No new leases will be taken; close once the last in-flight request is done."""
+        with self._lock:
+            self._retired = True
+            close = self._leases == 0
+        if close:
+            self.close()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        self.indexes.clear()
+        self.bundle.close()
+        logger.info("closed bundle version %s", self.version)
+
+
+def resolve_student(spec: str) -> Path:
+    """The student's artifact folder; never exports (a serving image has no torch)."""
+    try:
+        return resolve_artifact(spec, export_if_missing=False)
+    except (ArtifactError, ModelSourceError) as exc:
+        raise StartupCheckError(f"student {spec!r}: {exc}") from exc
+
+
+def resolve_version_dir(root: Path) -> Path:
+    """The version folder a bundle root's ``current`` link points to (or root itself)."""
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise StartupCheckError(f"bundle {root} does not exist")
+    if (root / "current").exists() or (root / "current").is_symlink():
+        try:
+            return Path(current_version_dir(root)).resolve()
+        except BundleError as exc:
+            raise StartupCheckError(f"bundle {root}: {exc}") from exc
+    return root.resolve()
+
+
+def check_student(card: ModelCard, bundle: Bundle, allow_unaligned: bool) -> str:
+    """Refuse a student that cannot be searched against this bundle; say how it pairs."""
+    manifest = bundle.manifest
+    if card.dim != bundle.dim:
+        raise StartupCheckError(
+            f"student {card.name} embeds {card.dim} dims but bundle {bundle.version} holds "
+            f"{bundle.dim}-dim vectors from {manifest.teacher_name}: use a student aligned to "
+            "that teacher (tandem models align)"
+        )
+    try:
+        check_pair(card, manifest.teacher_name, manifest.teacher_fingerprint)
+    except PairingError as exc:
+        if not allow_unaligned:
+            raise StartupCheckError(str(exc)) from exc
+        logger.warning("serving an unaligned student (--allow-unaligned): %s", exc)
+        return "unaligned (allowed)"
+    return "teacher" if card.fingerprint == manifest.teacher_fingerprint else "aligned"
+
+
+def select_variants(bundle: Bundle, requested: list[str]) -> tuple[dict[str, VariantSpec], str]:
+    """The served variants (all by default) and the default one (first asked, else f32 full)."""
+    available = list(bundle.variant_names())
+    if not available:
+        raise StartupCheckError(f"bundle {bundle.version} has no variants")
+    names = requested or available
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise StartupCheckError(
+            f"variant(s) {', '.join(missing)} not in bundle {bundle.version}; "
+            f"it has: {', '.join(available)}"
+        )
+    try:
+        specs = {name: bundle.spec(name) for name in names}
+    except VariantError as exc:
+        raise StartupCheckError(f"bundle {bundle.version}: {exc}") from exc
+    if requested:
+        default = requested[0]
+    else:
+        exact = f"f32-{bundle.dim}"
+        default = exact if exact in specs else names[0]
+    return specs, default
+
+
+def preflight(bundle_root: Path, student: str, variants: list[str], allow_unaligned: bool) -> Path:
+    """Every check that can fail before binding a port; returns the verified version folder."""
+    card = ModelCard.load(resolve_student(student))
+    version_dir = resolve_version_dir(bundle_root)
+    try:
+        bundle = open_bundle(version_dir, verify=True)
+    except (BundleError, OSError) as exc:
+        raise StartupCheckError(f"bundle {version_dir} failed verification: {exc}") from exc
+    try:
+        check_student(card, bundle, allow_unaligned)
+        select_variants(bundle, variants)
+    finally:
+        bundle.close()
+    return version_dir
+
+
+def load_bundle(
+    version_dir: Path,
+    card: ModelCard,
+    variants: list[str],
+    *,
+    allow_unaligned: bool,
+    verify: bool,
+    faiss_device: FaissDevice,
+) -> LoadedBundle:
+    """Open, verify, check and load every served variant of one bundle version."""
+    try:
+        bundle = open_bundle(version_dir, verify=verify)
+    except (BundleError, OSError) as exc:
+        raise StartupCheckError(f"cannot load bundle {version_dir}: {exc}") from exc
+    try:
+        pairing = check_student(card, bundle, allow_unaligned)
+        specs, default = select_variants(bundle, variants)
+        indexes: dict[str, Any] = {}
+        devices: dict[str, str] = {}
+        for name, spec in specs.items():
+            indexes[name], devices[name] = place_index(spec, bundle.index(name), faiss_device)
+    except (BundleError, VariantError) as exc:
+        bundle.close()
+        raise StartupCheckError(f"cannot load bundle {version_dir}: {exc}") from exc
+    except BaseException:
+        bundle.close()
+        raise
+    logger.info(
+        "loaded bundle %s (%d docs, variants %s, default %s)",
+        bundle.version,
+        bundle.n_docs,
+        ", ".join(f"{n}@{devices[n]}" for n in specs),
+        default,
+    )
+    return LoadedBundle(bundle, Path(version_dir), specs, indexes, devices, default, pairing)
+
+
+def warm(loaded: LoadedBundle, queries: npt.NDArray[np.float32]) -> None:
+    """Search every variant once and touch the stored vectors, so first requests are not cold."""
+    k = min(10, loaded.n_docs)
+    if k == 0:
+        return
+    for name, spec in loaded.specs.items():
+        _scores, ids = search_variant(spec, loaded.indexes[name], queries, k, ef_search=k)
+        valid = ids[ids >= 0]
+        if valid.size:
+            np.asarray(loaded.bundle.vectors[np.sort(valid)], dtype=np.float32)
+    loaded.bundle.documents([0])
+
+
+_gpu_resources: Any = None
+_gpu_lock = threading.Lock()
+
+
+def faiss_gpus() -> int:
+    """GPUs visible to this FAISS build (0 for faiss-cpu)."""
+    if not hasattr(faiss, "StandardGpuResources"):
+        return 0
+    return int(faiss.get_num_gpus())
+
+
+def place_index(spec: VariantSpec, index: Any, want: FaissDevice) -> tuple[Any, str]:
+    """Move an index to GPU 0 when asked or available and FAISS has a GPU form of it.
+
+    ``cuda`` fails only when FAISS sees no GPU at all; variants without a GPU
+    form (HNSW graphs, plain scalar quantizers) stay on the CPU either way, and
+    /info says where each one lives.
+    """
+    if want == "cpu":
+        return index, "cpu"
+    if faiss_gpus() == 0:
+        if want == "cuda":
+            raise StartupCheckError("faiss_device=cuda, but this FAISS build sees no GPU")
+        return index, "cpu"
+    if spec.hnsw:
+        return index, "cpu"  # GPU FAISS has no HNSW; the graph stays on the CPU
+    global _gpu_resources
+    with _gpu_lock:
+        if _gpu_resources is None:
+            _gpu_resources = faiss.StandardGpuResources()
+        resources = _gpu_resources
+    try:
+        if spec.is_binary:
+            return faiss.GpuIndexBinaryFlat(resources, index), "cuda"
+        return faiss.index_cpu_to_gpu(resources, 0, index), "cuda"
+    except RuntimeError as exc:  # FAISS reports index types without a GPU form this way
+        logger.warning("variant %s stays on the CPU (no GPU form): %s", spec.name, exc)
+        return index, "cpu"

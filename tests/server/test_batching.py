@@ -1,0 +1,152 @@
+"""The micro-batcher with the real student: coalescing, admission, deadlines, failures."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+
+from models.encoder import Encoder, TokenBatch
+from server.batching import MicroBatcher, merge_token_batches
+from server.errors import DeadlineExceeded, EncoderFailure, Overloaded
+from server.metrics import Metrics
+
+TEXTS = [
+    "a short query",
+    "a much longer query about the history of vaccination and smallpox eradication",
+    "glaciers",
+    "what is the boiling point of water at high altitude",
+]
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def make(encoder: Encoder, **overrides: float) -> MicroBatcher:
+    options: dict[str, float] = {
+        "max_batch_size": 32,
+        "max_batch_tokens": 8192,
+        "max_wait_s": 0.002,
+        "max_queue": 64,
+        "retry_after_s": 1,
+    }
+    options.update(overrides)
+    return MicroBatcher(encoder, metrics=Metrics(), **options)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def batcher(student: Encoder) -> AsyncIterator[MicroBatcher]:
+    b = make(student)
+    b.start()
+    yield b
+    await b.stop()
+
+
+def tokens(encoder: Encoder, text: str) -> TokenBatch:
+    return encoder.tokenize([text], "query")
+
+
+def deadline(seconds: float = 30.0) -> float:
+    return asyncio.get_running_loop().time() + seconds
+
+
+def batches_run(b: MicroBatcher) -> float:
+    return b.metrics.registry.get_sample_value("tandem_batch_size_count") or 0.0
+
+
+async def test_concurrent_queries_share_one_run_and_match_solo_encoding(
+    batcher: MicroBatcher, student: Encoder
+) -> None:
+    results = await asyncio.gather(*(batcher.embed(tokens(student, t), deadline()) for t in TEXTS))
+    assert [r.batch_size for r in results] == [len(TEXTS)] * len(TEXTS)
+    assert batches_run(batcher) == 1
+    solo = student.encode(TEXTS, "query")  # each padded differently from the shared batch
+    for result, expected in zip(results, solo, strict=True):
+        np.testing.assert_allclose(result.vectors[0], expected, atol=1e-5)
+
+
+async def test_a_lone_query_does_not_wait_for_company(student: Encoder) -> None:
+    """With a 60 s max wait, a lone query still returns at once (no traffic, no waiting)."""
+    b = make(student, max_wait_s=60.0)
+    b.start()
+    try:
+        result = await asyncio.wait_for(b.embed(tokens(student, "alone"), deadline()), timeout=20)
+        assert result.batch_size == 1
+    finally:
+        await b.stop()
+
+
+async def test_token_budget_splits_batches(student: Encoder) -> None:
+    b = make(student, max_batch_tokens=32)
+    b.start()
+    try:
+        parts = [tokens(student, t) for t in TEXTS]
+        results = await asyncio.gather(*(b.embed(p, deadline()) for p in parts))
+        # The longest query alone has > 16 tokens: it cannot share a 32-token run with 3 others.
+        assert all(r.batch_size < len(TEXTS) for r in results)
+        assert batches_run(b) > 1
+    finally:
+        await b.stop()
+
+
+async def test_admission_refuses_beyond_the_bound(student: Encoder) -> None:
+    b = make(student, max_queue=3)
+    with b.admission(2):
+        with pytest.raises(Overloaded) as refused:
+            with b.admission(2):
+                pass
+        assert refused.value.headers["Retry-After"] == "1"
+        with b.admission(1):
+            assert b.admitted == 3
+    assert b.admitted == 0
+    assert (
+        b.metrics.registry.get_sample_value("tandem_rejected_total", {"reason": "overloaded"}) == 1
+    )
+
+
+async def test_expired_and_cancelled_requests_are_skipped(
+    batcher: MicroBatcher, student: Encoder
+) -> None:
+    loop = asyncio.get_running_loop()
+    with pytest.raises(DeadlineExceeded):
+        await batcher.embed(tokens(student, "too late"), loop.time() - 1)
+    task = asyncio.create_task(batcher.embed(tokens(student, "gone"), deadline()))
+    await asyncio.sleep(0)  # enqueued, batch not yet run
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    result = await batcher.embed(tokens(student, "still here"), deadline())
+    assert result.batch_size == 1
+    assert batches_run(batcher) == 1  # neither the expired nor the cancelled query ran
+
+
+async def test_a_failed_batch_fails_every_waiter_and_then_recovers(
+    batcher: MicroBatcher, student: Encoder
+) -> None:
+    good = tokens(student, "fine")
+    bad = TokenBatch(np.full((1, 4), 10**9, dtype=np.int64), np.ones((1, 4), dtype=np.int64), 0)
+    outcomes = await asyncio.gather(
+        batcher.embed(good, deadline()), batcher.embed(bad, deadline()), return_exceptions=True
+    )
+    assert all(isinstance(o, EncoderFailure) for o in outcomes), outcomes
+    assert not batcher.healthy and batcher.last_error
+    labels = {"cause": "EncoderError"}
+    assert batcher.metrics.registry.get_sample_value("tandem_batch_failures_total", labels) == 1
+    await batcher.embed(good, deadline())
+    assert batcher.healthy
+
+
+def test_merge_pads_to_the_longest(student: Encoder) -> None:
+    parts = [tokens(student, t) for t in TEXTS]
+    merged = merge_token_batches(parts, student.pad_id)
+    assert merged.size == len(TEXTS)
+    assert merged.input_ids.shape[1] == max(p.input_ids.shape[1] for p in parts)
+    for row, part in enumerate(parts):
+        n = part.input_ids.shape[1]
+        assert (merged.input_ids[row, :n] == part.input_ids[0]).all()
+        assert merged.attention_mask[row, n:].sum() == 0

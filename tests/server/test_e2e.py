@@ -1,0 +1,115 @@
+"""End to end against a real ``tandem serve`` process on 127.0.0.1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from serverkit import (
+    QUERIES,
+    VARIANTS,
+    ServerProcess,
+    assert_rescored,
+    assert_top_k,
+    exact_reference,
+    first_pass_reference,
+    metric,
+    scrape,
+)
+
+from indexer.bundle import open_bundle
+from models.encoder import Encoder
+
+pytestmark = pytest.mark.slow
+K, OVERSAMPLE = 5, 2
+
+
+def served_embedding(client: httpx.Client, text: str) -> np.ndarray:
+    """The query vector exactly as the server computes it (same batcher path, batch of one)."""
+    body = client.post("/v1/embeddings", json={"input": text}).json()
+    return np.array(body["data"][0]["embedding"], dtype=np.float32)
+
+
+def test_embeddings_equal_the_encoder(client: httpx.Client, query_encoder: Encoder) -> None:
+    expected = query_encoder.encode(QUERIES, "query")
+    body = client.post("/v1/embeddings", json={"input": QUERIES}).json()
+    got = np.array([d["embedding"] for d in body["data"]], dtype=np.float32)
+    assert [d["index"] for d in body["data"]] == list(range(len(QUERIES)))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert body["usage"]["prompt_tokens"] == int(
+        query_encoder.tokenize(QUERIES).attention_mask.sum()
+    )
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_search_equals_brute_force_for_each_variant(
+    client: httpx.Client, bundle_root: Path, variant: str
+) -> None:
+    with open_bundle(bundle_root) as bundle:
+        for text in QUERIES[:3]:
+            query = served_embedding(client, text)
+            first = first_pass_reference(bundle, variant, query)
+            for rescore in (False, True):
+                request = {
+                    "query": text,
+                    "k": K,
+                    "variant": variant,
+                    "rescore": rescore,
+                    "oversample": OVERSAMPLE,
+                    "include_text": False,
+                }
+                body = client.post("/search", json=request).json()
+                assert body["variant"] == variant and body["rescored"] is rescore, body
+                ids = bundle.lookup([hit["id"] for hit in body["results"]])
+                scores = np.array([hit["score"] for hit in body["results"]], dtype=np.float32)
+                if rescore:
+                    assert_rescored(
+                        ids, scores, first, exact_reference(bundle, query), K, OVERSAMPLE
+                    )
+                else:
+                    assert_top_k(ids, scores, first, K)
+
+
+def test_batch_search_equals_single_searches(client: httpx.Client) -> None:
+    request = {"queries": QUERIES, "k": 4, "variant": "bin-768", "include_text": False}
+    batch = client.post("/search/batch", json=request).json()["results"]
+    for text, answer in zip(QUERIES, batch, strict=True):
+        single = client.post("/search", json={"query": text, "k": 4, "variant": "bin-768"}).json()
+        np.testing.assert_allclose(
+            [h["score"] for h in answer["results"]],
+            [h["score"] for h in single["results"]],
+            atol=1e-4,
+        )
+
+
+def test_metrics_appear_and_move(server: ServerProcess, client: httpx.Client) -> None:
+    before = scrape(server.url)
+    n = 6
+    for i in range(n):
+        response = client.post(
+            "/search", json={"query": QUERIES[i % len(QUERIES)], "variant": "bin-768"}
+        )
+        assert response.status_code == 200
+    assert client.post("/search", json={"query": " "}).status_code == 422
+    after = scrape(server.url)
+
+    def moved(name: str, **labels: str) -> float:
+        return metric(after, name, **labels) - metric(before, name, **labels)
+
+    assert moved("tandem_requests_total", route="/search", status="200") == n
+    assert moved("tandem_requests_total", route="/search", status="422") == 1
+    assert moved("tandem_request_duration_seconds_count", route="/search") == n + 1
+    for name in ("tandem_queue_duration_seconds_count", "tandem_tokenize_duration_seconds_count"):
+        assert moved(name) == n
+    assert moved("tandem_search_duration_seconds_count", variant="bin-768") == n
+    assert moved("tandem_rescore_duration_seconds_count", variant="bin-768") == n
+    assert 1 <= moved("tandem_embed_duration_seconds_count") <= n
+    assert moved("tandem_batch_size_sum") == n
+    assert moved("tandem_batch_tokens_sum") > 0
+    assert metric(after, "tandem_bundle_docs") == 40
+    assert metric(after, "tandem_queue_depth") == 0 and metric(after, "tandem_ready") == 1
+    info = [k for k in after if k[0] == "tandem_bundle_info" and after[k] == 1]
+    assert len(info) == 1 and dict(info[0][1])["version"] == "v0001"
+    assert any(k[0] == "tandem_model_info" for k in after)
