@@ -44,6 +44,6 @@ pip install -q -e ".[${extras}]"
 if [[ $gpu == 1 ]]; then
   # onnxruntime and onnxruntime-gpu (faiss-cpu and faiss-gpu) ship the same module: keep the GPU one.
   pip uninstall -q -y onnxruntime faiss-cpu || true
-  pip install -q --force-reinstall --no-deps "onnxruntime-gpu>=1.20" "faiss-gpu-cu12>=1.11"
+  pip install -q --force-reinstall --no-deps "onnxruntime-gpu>=1.20,<1.27" "faiss-gpu-cu12>=1.11"
 fi
 python -c "import onnxruntime, faiss; print('install: onnxruntime', onnxruntime.__version__, onnxruntime.get_available_providers(), '| faiss', faiss.__version__)"
