@@ -7,7 +7,6 @@ import logging
 import typer
 from rich.logging import RichHandler
 
-from evaluation.cli import eval_command
 from indexer.cli import app as index_app
 from models.cli import app as models_app
 from server.cli import serve
@@ -25,6 +24,17 @@ app.add_typer(
 app.add_typer(index_app, name="index", help="Build and maintain index bundles.")
 app.command("serve", help="Serve /search over a bundle with an ONNX student.")(serve)
 app.command("demo", help="Index the sample corpus, serve it, print a curl.")(demo)
+
+try:
+    from evaluation.cli import eval_command
+except ImportError as missing:  # serving installs ship without the eval extra
+    reason = str(missing)
+
+    def eval_command() -> None:
+        """Stand-in that says which extra is missing."""
+        raise typer.BadParameter(f"{reason}: install it with pip install 'tandem[eval]'")
+
+
 app.command("eval", help="Retrieval quality by mode × variant on a BEIR split.")(eval_command)
 
 
