@@ -136,10 +136,10 @@ def quantize_int8(
 
 @contextlib.contextmanager
 def _quiet_root_logger() -> Iterator[None]:
-    """onnxruntime.quantization logs every tensor at INFO on the root logger."""
+    """onnxruntime.quantization logs every tensor (and a hint) on the root logger."""
     root = logging.getLogger()
     level = root.level
-    root.setLevel(max(level, logging.WARNING))
+    root.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:

@@ -1,0 +1,231 @@
+"""``tandem eval``: retrieval quality by mode × variant on a BEIR folder, with report and plots."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from evaluation.dataset import DatasetError, load_eval_set
+from evaluation.report import write_report
+from evaluation.runner import (
+    DEFAULT_OVERSAMPLE,
+    BundleMismatchError,
+    EvalConfig,
+    EvalResult,
+    run_evaluation,
+)
+from indexer.bundle import Bundle, BundleError, open_bundle
+from models.artifacts import ArtifactError, resolve_artifact
+from models.encoder import Device, Encoder, EncoderError
+
+logger = logging.getLogger(__name__)
+console = Console()
+
+
+def _ints(text: str, option: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(
+            f"expected comma-separated integers, got {text!r}", param_hint=option
+        ) from exc
+    if not values or min(values) < 1:
+        raise typer.BadParameter("expected integers >= 1", param_hint=option)
+    return sorted(set(values))
+
+
+def _encoder(spec: str, device: Device) -> Encoder:
+    try:
+        return Encoder(resolve_artifact(spec), device=device)
+    except (ArtifactError, EncoderError) as exc:
+        console.print(f"[red]cannot load {spec!r}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _open_bundle(path: Path) -> Bundle:
+    try:
+        return open_bundle(path)
+    except BundleError as exc:
+        console.print(f"[red]cannot open bundle {path}: {exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def eval_command(
+    dataset: Annotated[
+        Path,
+        typer.Option(
+            "--dataset",
+            exists=True,
+            file_okay=False,
+            help="BEIR folder: corpus.jsonl, queries.jsonl, qrels/<split>.tsv.",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", file_okay=False, help="Where report.md, results.csv and the plots go."
+        ),
+    ],
+    teacher: Annotated[
+        str,
+        typer.Option(
+            "--teacher",
+            metavar="SPEC",
+            help="Document encoder spec (artifact folder, aligned name, or model spec).",
+        ),
+    ],
+    student: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--student",
+            metavar="SPEC",
+            help="Query encoder spec, repeatable. A raw student gives student-symmetric and "
+            "asymmetric-unaligned; one aligned to the teacher gives asymmetric.",
+        ),
+    ] = None,
+    split: Annotated[
+        str, typer.Option("--split", help="Only this split's judged queries are evaluated.")
+    ] = "test",
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            "--variants",
+            help="Comma-separated variant names (f32-768,int8-768,bin-768,bin-768-hnsw,...). "
+            "Default per document dimension D: f32-D, f32-D/2, f32-D/4, int8-D, bin-D, f32-D-hnsw, "
+            "bin-D-hnsw. Names that do not fit a mode's dimension are reported n/a.",
+        ),
+    ] = None,
+    oversample: Annotated[
+        str,
+        typer.Option(
+            "--oversample",
+            help="Rescoring factors: a k-hit request rescores k×N candidates of a lossy variant.",
+        ),
+    ] = ",".join(map(str, DEFAULT_OVERSAMPLE)),
+    latency_queries: Annotated[
+        int,
+        typer.Option(
+            "--latency-queries",
+            min=1,
+            help="Queries timed one at a time for encode/search latency (more: steadier, slower).",
+        ),
+    ] = 64,
+    ef_search: Annotated[
+        int | None,
+        typer.Option("--ef-search", min=1, help="HNSW efSearch; default: the index's own."),
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(
+            "--bundle",
+            exists=True,
+            help="A bundle built by the teacher over this corpus: its vectors, ids and variant "
+            "files are evaluated as served (missing variants are built from its vectors).",
+        ),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option("--device", help="auto, cpu or cuda for the encoders; latency depends on it."),
+    ] = "cpu",
+) -> None:
+    """Evaluate teacher-symmetric, student-symmetric, asymmetric (and unaligned) retrieval.
+
+    Every embedding goes through the content-addressed cache, so the second run
+    with the same inputs takes seconds.
+    """
+    if device not in ("auto", "cpu", "cuda"):
+        raise typer.BadParameter("expected auto, cpu or cuda", param_hint="--device")
+    factors = _ints(oversample, "--oversample")
+    names = [v.strip() for v in variants.split(",") if v.strip()] if variants else None
+    started = time.perf_counter()
+    try:
+        eval_set = load_eval_set(dataset, split)
+    except DatasetError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    teacher_encoder = _encoder(teacher, device)  # type: ignore[arg-type]
+    students = [_encoder(spec, device) for spec in student or []]  # type: ignore[arg-type]
+    opened = _open_bundle(bundle) if bundle is not None else None
+    config = EvalConfig(
+        variants=names, oversample=factors, latency_queries=latency_queries, ef_search=ef_search
+    )
+    try:
+        result = run_evaluation(eval_set, teacher_encoder, students, config, opened)
+    except BundleMismatchError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    finally:
+        if opened is not None:
+            opened.close()
+    command = _command_line(
+        [
+            ("--dataset", dataset),
+            ("--split", split),
+            ("--teacher", teacher),
+            *[("--student", spec) for spec in student or []],
+            ("--bundle", bundle),
+            ("--variants", variants),
+            ("--oversample", oversample),
+            ("--latency-queries", latency_queries),
+            ("--ef-search", ef_search),
+            ("--device", device),
+            ("--out", out),
+        ]
+    )
+    recommendation = write_report(result, out, command)
+    console.print(results_table(result))
+    for row in result.rows:
+        if row.status != "ok":
+            console.print(
+                f"[dim]n/a: {row.mode} ({row.query_encoder}) {row.variant}: {row.note}[/dim]"
+            )
+    if recommendation is not None:
+        console.print(f"[bold]recommended:[/bold] {recommendation.describe()}")
+    console.print(f"report: {out / 'report.md'}  ({time.perf_counter() - started:.1f} s)")
+
+
+def _command_line(options: list[tuple[str, object]]) -> str:
+    """The command that reproduces this report, for the report itself; unset options left out."""
+    parts = ["tandem", "eval"]
+    for flag, value in options:
+        if value is not None and value != "":
+            parts += [flag, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def results_table(result: EvalResult) -> Table:
+    """The rows as a terminal table, one section per (mode, query encoder)."""
+    table = Table(title=f"{result.dataset} ({result.split}), documents by teacher {result.teacher}")
+    table.add_column("mode / queries")
+    table.add_column("variant", no_wrap=True)
+    for name in ("nDCG@10", "published", "R@100", "MRR@10", "B/doc", "ms/query"):
+        table.add_column(name, justify="right", no_wrap=True)
+    group: tuple[str, str] | None = None
+    for row in result.rows:
+        first = (row.mode, row.query_encoder) != group
+        if first and group is not None:
+            table.add_section()
+        group = (row.mode, row.query_encoder)
+        who = f"{row.mode}\n[dim]{row.query_encoder}[/dim]" if first else ""
+        if row.status != "ok":
+            table.add_row(who, row.variant, "n/a", "", "", "", "", "")
+            continue
+        published = row.published_ndcg_at_10
+        table.add_row(
+            who,
+            row.label,
+            f"{row.ndcg_at_10:.4f}",
+            "" if published is None else f"{published:.4f}",
+            f"{row.recall_at_100:.4f}",
+            f"{row.mrr_at_10:.4f}",
+            f"{row.bytes_per_doc:,.0f}",
+            f"{row.latency_ms:.2f}",
+        )
+    return table
