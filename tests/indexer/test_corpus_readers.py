@@ -39,7 +39,6 @@ def test_default_template_is_title_space_text_stripped(tmp_path: Path) -> None:
     assert [d.id for d in docs] == ["a", "b", "c", "d"]
 
 
-@pytest.mark.skipif(not SCIFACT.exists(), reason="shared SciFact data not present")
 def test_beir_folder_texts_match_the_cached_teacher_keys() -> None:
     """The embedding cache holds SciFact under (title + ' ' + text).strip(): same texts here."""
     with open(SCIFACT / "corpus.jsonl") as f:
