@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -191,9 +192,79 @@ def eval_command(
     console.print(f"report: {out / 'report.md'}  ({time.perf_counter() - started:.1f} s)")
 
 
-def _command_line(options: list[tuple[str, object]]) -> str:
+def align_report_command(
+    dataset: Annotated[
+        Path,
+        typer.Option("--dataset", exists=True, file_okay=False, help="BEIR folder to score on."),
+    ],
+    teacher: Annotated[str, typer.Option("--teacher", metavar="SPEC", help="The teacher.")],
+    student: Annotated[
+        list[str],
+        typer.Option(
+            "--student",
+            metavar="SPEC",
+            help="Repeatable: the raw student (unaligned baseline) and its aligned versions.",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", dir_okay=False, help="Markdown report path.")],
+    split: Annotated[str, typer.Option("--split", help="Queries of this split only.")] = "test",
+    bundle: Annotated[
+        Path | None,
+        typer.Option("--bundle", exists=True, help="Teacher bundle of this corpus (optional)."),
+    ] = None,
+) -> None:
+    """Cosine to the teacher (held-out and eval queries) and asymmetric nDCG@10 per student."""
+    from evaluation.align_report import alignment_report, write_markdown
+
+    try:
+        eval_set = load_eval_set(dataset, split)
+    except DatasetError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    teacher_encoder = _encoder(teacher, "cpu")
+    students = [_encoder(spec, "cpu") for spec in student]
+    opened = _open_bundle(bundle) if bundle is not None else None
+    try:
+        report = alignment_report(eval_set, teacher_encoder, students, opened)
+    except BundleMismatchError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    finally:
+        if opened is not None:
+            opened.close()
+    command = _command_line(
+        [
+            ("--dataset", dataset),
+            ("--split", split),
+            ("--teacher", teacher),
+            *[("--student", spec) for spec in student],
+            ("--bundle", bundle),
+            ("--out", out),
+        ],
+        ["tandem", "models", "align-report"],
+    )
+    write_markdown(report, out, command)
+    cosines = Table(title=f"cosine to {report.teacher}")
+    for name in ("student", "method", "held-out query", "held-out passage", f"{split} queries"):
+        cosines.add_column(name)
+    for c in report.cosines:
+        cells = (c.heldout_query, c.heldout_passage, c.eval_query)
+        cosines.add_row(c.student, c.method, *("n/a" if v is None else f"{v:.4f}" for v in cells))
+    console.print(cosines)
+    retrieval = Table(title=f"nDCG@10, {report.dataset} {split}")
+    for name in ("mode", "query encoder", "nDCG@10", "× teacher"):
+        retrieval.add_column(name)
+    for r in report.retrieval:
+        retrieval.add_row(r.mode, r.query_encoder, f"{r.ndcg_at_10:.4f}", f"{r.of_teacher:.3f}")
+    console.print(retrieval)
+    console.print(f"report: {out}")
+
+
+def _command_line(
+    options: list[tuple[str, object]], prefix: Sequence[str] = ("tandem", "eval")
+) -> str:
     """The command that reproduces this report, for the report itself; unset options left out."""
-    parts = ["tandem", "eval"]
+    parts = list(prefix)
     for flag, value in options:
         if value is not None and value != "":
             parts += [flag, str(value)]

@@ -109,7 +109,9 @@ def run_alignment(
     path = _publish_named(
         out_name,
         key,
-        lambda tmp: _distill_into(tmp, student_dir, teacher_dir, adapter_path, texts, config, key),
+        lambda tmp: _distill_into(
+            tmp, student_dir, teacher_dir, adapter_path, texts, config, key, out_name
+        ),
     )
     _maybe_quantize(path, quantize)
     return path
@@ -135,6 +137,7 @@ def _distill_into(
     texts: AlignTexts,
     config: DistillConfig,
     key: str,
+    out_name: str,
 ) -> ModelCard:
     from models.distill import build_student, distill
     from models.export import check_parity, export_module
@@ -170,7 +173,16 @@ def _distill_into(
         teacher_fingerprint=teacher.card.fingerprint,
         method="distill",
         n_texts=len(rows),
-        settings={"out_name": ModelCard.load(adapter_dir).name, **asdict(config), **stats},
+        settings={
+            "out_name": out_name,
+            "student": student.name,
+            "student_fingerprint": student.card.fingerprint,
+            "n_queries": len(texts.queries),
+            "n_passages": len(texts.passages),
+            "texts": texts.source,
+            **asdict(config),
+            **stats,
+        },
     )
     card = write_aligned_artifact(student, teacher, onnx_path, out_dir, alignment)
     onnx_path.unlink()

@@ -26,16 +26,21 @@ app.command("serve", help="Serve /search over a bundle with an ONNX student.")(s
 app.command("demo", help="Index the sample corpus, serve it, print a curl.")(demo)
 
 try:
-    from evaluation.cli import eval_command
+    from evaluation.cli import align_report_command, eval_command
 except ImportError as missing:  # serving installs ship without the eval extra
     reason = str(missing)
 
-    def eval_command() -> None:
+    def _needs_eval_extra() -> None:
         """Stand-in that says which extra is missing."""
         raise typer.BadParameter(f"{reason}: install it with pip install 'tandem[eval]'")
 
+    eval_command = align_report_command = _needs_eval_extra  # type: ignore[assignment]
+
 
 app.command("eval", help="Retrieval quality by mode × variant on a BEIR split.")(eval_command)
+models_app.command(
+    "align-report", help="How close aligned students get to the teacher: cosine and nDCG@10."
+)(align_report_command)
 
 
 @app.callback()

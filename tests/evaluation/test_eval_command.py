@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import typer
+from evalkit import aligned_copy
 from typer.testing import CliRunner
 
 from evaluation.cli import eval_command
@@ -14,33 +15,10 @@ from evaluation.modes import plan_modes
 from indexer.build import build_bundle
 from indexer.bundle import open_bundle
 from indexer.corpus import read_corpus
-from models.card import Alignment, ModelCard
 from models.embedding_cache import EmbeddingCache
 from models.encoder import Encoder
 
 pytestmark = pytest.mark.slow
-
-
-def aligned_copy(source: Path, target: Path, teacher: Encoder, name: str) -> Path:
-    """An artifact whose card says it is aligned to ``teacher`` (weights shared by symlink)."""
-    target.mkdir(parents=True)
-    card = ModelCard.load(source)
-    for file in (card.onnx_file, card.tokenizer_file):
-        (target / file).symlink_to(source / file)
-    card = card.model_copy(
-        update={
-            "name": name,
-            "int8": None,
-            "aligned_to": Alignment(
-                teacher_name=teacher.name,
-                teacher_fingerprint=teacher.card.fingerprint,
-                method="adapter",
-                n_texts=0,
-            ),
-        }
-    )
-    card.save(target)
-    return target
 
 
 @pytest.fixture(scope="module")

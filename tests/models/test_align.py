@@ -115,6 +115,24 @@ def test_distillation_trains_exports_and_passes_parity(
     assert settings["steps"] == settings["total_steps"] > 0
     assert card.aligned_to.heldout_cosine["all"] > 0.5
     assert Encoder(path).encode(["a query"], "query").shape == (1, 768)
+    assert card.name == "tiny" and settings["out_name"] == "tiny"
+
+
+def test_length_bucketed_batches_cover_every_row_and_cut_padding() -> None:
+    from models.distill import length_bucketed_batches
+
+    rng = np.random.default_rng(3)
+    lengths = np.concatenate([rng.integers(4, 20, 900), rng.integers(100, 129, 300)])
+    batches = length_bucketed_batches(lengths, batch_size=32, epochs=2, seed=0)
+    seen = np.bincount(np.concatenate(batches), minlength=len(lengths))
+    assert set(seen.tolist()) == {2}  # every row exactly once per epoch
+    assert all(len(b) <= 32 for b in batches) and len(batches) == 2 * int(np.ceil(1200 / 32))
+    padded = sum(len(b) * lengths[b].max() for b in batches)
+    shuffled = [rng.permutation(1200)[i : i + 32] for i in range(0, 1200, 32)]
+    padded_random = 2 * sum(len(b) * lengths[b].max() for b in shuffled)
+    assert padded < 0.6 * padded_random  # queries no longer pay for a passage's padding
+    again = length_bucketed_batches(lengths, batch_size=32, epochs=2, seed=0)
+    assert all(np.array_equal(a, b) for a, b in zip(batches, again, strict=True))  # resumable
 
 
 _SMALL_PASSAGES = [
