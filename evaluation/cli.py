@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -56,6 +57,20 @@ def _open_bundle(path: Path) -> Bundle:
     except BundleError as exc:
         console.print(f"[red]cannot open bundle {path}: {exc}[/red]")
         raise typer.Exit(2) from exc
+
+
+@contextlib.contextmanager
+def _bundle_for_run(path: Path | None) -> Iterator[Bundle | None]:
+    """The optional teacher bundle, open for one run; a teacher mismatch exits with 2."""
+    opened = _open_bundle(path) if path is not None else None
+    try:
+        yield opened
+    except BundleMismatchError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    finally:
+        if opened is not None:
+            opened.close()
 
 
 def eval_command(
@@ -153,18 +168,11 @@ def eval_command(
         raise typer.Exit(2) from exc
     teacher_encoder = _encoder(teacher, device)  # type: ignore[arg-type]
     students = [_encoder(spec, device) for spec in student or []]  # type: ignore[arg-type]
-    opened = _open_bundle(bundle) if bundle is not None else None
     config = EvalConfig(
         variants=names, oversample=factors, latency_queries=latency_queries, ef_search=ef_search
     )
-    try:
+    with _bundle_for_run(bundle) as opened:
         result = run_evaluation(eval_set, teacher_encoder, students, config, opened)
-    except BundleMismatchError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    finally:
-        if opened is not None:
-            opened.close()
     command = _command_line(
         [
             ("--dataset", dataset),
@@ -223,15 +231,8 @@ def align_report_command(
         raise typer.Exit(2) from exc
     teacher_encoder = _encoder(teacher, "cpu")
     students = [_encoder(spec, "cpu") for spec in student]
-    opened = _open_bundle(bundle) if bundle is not None else None
-    try:
+    with _bundle_for_run(bundle) as opened:
         report = alignment_report(eval_set, teacher_encoder, students, opened)
-    except BundleMismatchError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
-    finally:
-        if opened is not None:
-            opened.close()
     command = _command_line(
         [
             ("--dataset", dataset),

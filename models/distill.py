@@ -148,9 +148,9 @@ def distill(
         optimizer.step()
         scheduler.step()
         step += 1
-        losses.append(float(loss))
+        losses.append(loss.item())
         if on_step is not None:
-            on_step(step, total_steps, float(loss))
+            on_step(step, total_steps, losses[-1])
         out_of_time = (
             config.max_minutes is not None
             and (time.monotonic() - started) / 60 > config.max_minutes
