@@ -28,7 +28,7 @@ import shutil
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
 import numpy as np
@@ -310,9 +310,23 @@ def _read_manifest(folder: Path, check_sum: bool = True) -> Manifest:
             f"this tandem reads format {FORMAT_VERSION}: {hint}"
         )
     try:
-        return Manifest.model_validate(raw)
+        manifest = Manifest.model_validate(raw)
     except ValidationError as exc:
         raise BundleError(f"{folder / MANIFEST} is malformed: {exc}") from exc
+    _check_paths(folder, manifest)
+    return manifest
+
+
+def _check_paths(folder: Path, manifest: Manifest) -> None:
+    """Refuse a manifest naming a file outside its version folder (``..``, absolute paths)."""
+    named = list(manifest.files) + [info.file for info in manifest.variants.values()]
+    for rel in named:
+        path = PurePosixPath(rel)
+        if not rel or path.is_absolute() or ".." in path.parts:
+            raise BundleError(
+                f"{folder / MANIFEST} names {rel!r}, a path outside the bundle: "
+                "refusing to open it; rebuild or restore this bundle version"
+            )
 
 
 def verify_bundle(path: Path) -> None:

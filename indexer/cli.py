@@ -71,6 +71,12 @@ def user_errors(resume_hint: str | None = None) -> Iterator[None]:
     except USER_ERRORS as exc:
         say(stderr(), "error: ", str(exc), "bold red")
         raise typer.Exit(1) from None
+    except OSError as exc:
+        # A full disk, a size limit or permissions. Versions are written to a hidden
+        # stage and published by a rename, so a failed write leaves `current` as it was.
+        then = resume_hint or "fix the cause and re-run"
+        say(stderr(), "error: ", f"{exc} (nothing was published; {then})", "bold red")
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         hint = f"; {resume_hint}" if resume_hint else ""
         say(stderr(), "interrupted", hint, "yellow")

@@ -8,6 +8,7 @@ files next to a checksummed file), with one connection per thread.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import threading
@@ -49,25 +50,39 @@ class DuplicateIdError(ValueError):
         self.ext_id = ext_id
 
 
+@contextlib.contextmanager
+def _disk_errors(path: Path) -> Iterator[None]:
+    """Report SQLite's "disk is full" and "disk I/O error" as an OSError naming the file."""
+    try:
+        yield
+    except sqlite3.OperationalError as exc:
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # primary code of an extended one
+        if code not in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+            raise
+        raise OSError(f"cannot write {path}: {exc}") from exc
+
+
 class DocWriter:
     """Appends documents with consecutive internal ids; one transaction until ``close``."""
 
     def __init__(self, path: Path, create: bool = True) -> None:
         self.path = Path(path)
         self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=DELETE")
-        if create:
-            self.db.execute(SCHEMA)
-        row = self.db.execute("SELECT COALESCE(MAX(iid) + 1, 0) FROM docs").fetchone()
+        with _disk_errors(self.path):
+            self.db.execute("PRAGMA journal_mode=DELETE")
+            if create:
+                self.db.execute(SCHEMA)
+            row = self.db.execute("SELECT COALESCE(MAX(iid) + 1, 0) FROM docs").fetchone()
         self.next_iid = int(row[0])
 
     def add(self, doc: Doc, dedupe: bool = False) -> bool:
         """Insert one document; False if its id exists and ``dedupe`` is set."""
-        cur = self.db.execute(
-            "INSERT INTO docs (iid, ext_id, text, metadata) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(ext_id) DO NOTHING",
-            (self.next_iid, doc.id, doc.text, json.dumps(doc.metadata, ensure_ascii=False)),
-        )
+        with _disk_errors(self.path):
+            cur = self.db.execute(
+                "INSERT INTO docs (iid, ext_id, text, metadata) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(ext_id) DO NOTHING",
+                (self.next_iid, doc.id, doc.text, json.dumps(doc.metadata, ensure_ascii=False)),
+            )
         if cur.rowcount == 0:
             if dedupe:
                 return False
@@ -89,29 +104,33 @@ class DocWriter:
         return int(self.db.execute("SELECT COUNT(*) FROM docs").fetchone()[0])
 
     def close(self) -> None:
-        self.db.commit()
-        self.db.close()
+        try:
+            with _disk_errors(self.path):
+                self.db.commit()
+        finally:
+            self.db.close()
 
 
 def copy_subset(src: Path, dst: Path, keep: npt.NDArray[np.int64]) -> None:
     """Write a new table holding rows ``keep`` (ascending old iids) renumbered 0..len-1."""
     db = sqlite3.connect(dst)
     try:
-        db.execute("PRAGMA journal_mode=DELETE")
-        db.execute(SCHEMA)
-        db.execute("ATTACH DATABASE ? AS src", (f"file:{src}?mode=ro&immutable=1",))
-        db.execute("CREATE TEMP TABLE keep (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
-        db.executemany(
-            "INSERT INTO temp.keep (old, new) VALUES (?, ?)",
-            ((int(old), new) for new, old in enumerate(keep)),
-        )
-        db.execute(
-            "INSERT INTO main.docs (iid, ext_id, text, metadata) "
-            "SELECT k.new, d.ext_id, d.text, d.metadata FROM temp.keep k "
-            "JOIN src.docs d ON d.iid = k.old ORDER BY k.new"
-        )
-        db.commit()
-        db.execute("DETACH DATABASE src")
+        with _disk_errors(dst):
+            db.execute("PRAGMA journal_mode=DELETE")
+            db.execute(SCHEMA)
+            db.execute("ATTACH DATABASE ? AS src", (f"file:{src}?mode=ro&immutable=1",))
+            db.execute("CREATE TEMP TABLE keep (old INTEGER PRIMARY KEY, new INTEGER NOT NULL)")
+            db.executemany(
+                "INSERT INTO temp.keep (old, new) VALUES (?, ?)",
+                ((int(old), new) for new, old in enumerate(keep)),
+            )
+            db.execute(
+                "INSERT INTO main.docs (iid, ext_id, text, metadata) "
+                "SELECT k.new, d.ext_id, d.text, d.metadata FROM temp.keep k "
+                "JOIN src.docs d ON d.iid = k.old ORDER BY k.new"
+            )
+            db.commit()
+            db.execute("DETACH DATABASE src")
     finally:
         db.close()
 

@@ -326,10 +326,16 @@ def build_index(
 
 
 def write_index(spec: VariantSpec, index: Any, path: Path) -> None:
-    if spec.is_binary:
-        faiss.write_index_binary(index, str(path))
-    else:
-        faiss.write_index(index, str(path))
+    """Write a variant; a failed write (disk full, file-size limit) is an OSError naming it."""
+    try:
+        if spec.is_binary:
+            faiss.write_index_binary(index, str(path))
+        else:
+            faiss.write_index(index, str(path))
+    except RuntimeError as exc:
+        # FAISS reports a short write as "... write error in PATH: n != m (strerror)".
+        reason = re.search(r"\(([^()]+)\)\s*$", str(exc))
+        raise OSError(f"cannot write {path}: {reason[1] if reason else exc}") from exc
 
 
 # Tried in order: zero-copy mmap of flat codes (FAISS >= 1.11), classic mmap, plain read.

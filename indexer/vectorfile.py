@@ -23,7 +23,10 @@ def create_npy(path: os.PathLike[str] | str, n: int, dim: int, dtype: Any) -> No
     header = {"descr": descr, "fortran_order": False, "shape": (n, dim)}
     with open(path, "wb") as f:
         np.lib.format.write_array_header_1_0(f, header)
-        f.truncate(f.tell() + n * dim * np.dtype(dtype).itemsize)
+        try:
+            f.truncate(f.tell() + n * dim * np.dtype(dtype).itemsize)
+        except OSError as exc:  # a file-size limit: name the file
+            raise OSError(exc.errno, exc.strerror, os.fspath(path)) from exc
 
 
 class VectorFile:
@@ -89,7 +92,14 @@ class VectorFile:
         data = np.ascontiguousarray(values, dtype=self.dtype)
         if data.ndim != 2 or data.shape[1] != self.shape[1] or start + len(data) > self.shape[0]:
             raise ValueError(f"{self.path}: cannot write {data.shape} at row {start}")
-        os.pwrite(self._fd, data.tobytes(), self.offset + start * self._row_bytes)
+        payload = memoryview(data.tobytes())
+        offset = self.offset + start * self._row_bytes
+        done = 0
+        try:
+            while done < len(payload):  # a short write (disk filling up) is retried: it raises
+                done += os.pwrite(self._fd, payload[done:], offset + done)
+        except OSError as exc:
+            raise OSError(exc.errno, exc.strerror, self.path) from exc
 
     def write_rows(self, rows: npt.NDArray[np.integer[Any]], values: npt.NDArray[Any]) -> None:
         """Write ``values[i]`` to row ``rows[i]``, one syscall per contiguous run of rows."""

@@ -3,8 +3,10 @@
 Recipe (LEAF, arXiv 2509.12539): the teacher is a black box that supplies
 target vectors; the loss is the squared L2 distance between the student's and
 the teacher's L2-normalized embeddings; no labels, no hard negatives; small
-batches; AdamW with linear decay. We start from the ridge adapter so step 0 is
-already the fast path's quality, give the projection a higher learning rate
+batches; AdamW with linear decay (over the steps, or over the time budget
+when that runs out first, so a run on a slow machine still ends annealed).
+We start from the ridge adapter so step 0 is already the fast path's
+quality, give the projection a higher learning rate
 than the transformer, and weight the mix towards short query-like texts,
 because queries are all the student embeds in production.
 Checkpoints are written atomically every N steps; a stopped run resumes.
@@ -109,33 +111,33 @@ def distill(
         [{"params": body, "lr": config.lr}, {"params": head, "lr": config.projection_lr}],
         weight_decay=config.weight_decay,
     )
-    warmup = max(1, int(total_steps * config.warmup_fraction))
-
-    def schedule(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
     lengths = np.array([len(e.ids) for e in tokenizer.encode_batch(texts)], dtype=np.int64)
     tokenizer.enable_padding(pad_id=pad_id)
     batches = length_bucketed_batches(
         lengths, config.batch_size, math.ceil(config.epochs), config.seed
     )
-    step = 0
+    step, spent = 0, 0.0  # spent: training minutes of earlier runs of this job
     ckpt = work_dir / "checkpoint.pt"
     if ckpt.exists():
         state = torch.load(ckpt, map_location=device, weights_only=False)
         module.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        step = int(state["step"])
+        step, spent = int(state["step"]), float(state.get("minutes", 0.0))
         logger.info("resuming distillation at step %d/%d", step, total_steps)
 
     target_t = torch.from_numpy(np.ascontiguousarray(targets, dtype=np.float32))
     started = time.monotonic()
     losses: list[float] = []
-    while step < total_steps:
+
+    def minutes() -> float:
+        return spent + (time.monotonic() - started) / 60
+
+    progress = training_progress(step, total_steps, minutes(), config.max_minutes)
+    while progress < 1.0:
+        factor = lr_factor(progress, config.warmup_fraction)
+        for group, base in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = base * factor
         rows = batches[step]
         encodings = tokenizer.encode_batch([texts[i] for i in rows])
         ids = torch.tensor([e.ids for e in encodings], dtype=torch.long, device=device)
@@ -146,29 +148,27 @@ def distill(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(module.parameters(), 1.0)
         optimizer.step()
-        scheduler.step()
         step += 1
         losses.append(loss.item())
         if on_step is not None:
             on_step(step, total_steps, losses[-1])
-        out_of_time = (
-            config.max_minutes is not None
-            and (time.monotonic() - started) / 60 > config.max_minutes
+        progress = training_progress(step, total_steps, minutes(), config.max_minutes)
+        if step % config.checkpoint_every == 0 or progress >= 1.0:
+            _save_checkpoint(ckpt, module, optimizer, step, minutes())
+    if step < total_steps:
+        logger.warning(
+            "the time budget (%.0f min) ended the schedule at step %d/%d",
+            config.max_minutes,
+            step,
+            total_steps,
         )
-        if step % config.checkpoint_every == 0 or step == total_steps or out_of_time:
-            _save_checkpoint(ckpt, module, optimizer, scheduler, step)
-        if out_of_time:
-            logger.warning(
-                "distillation stopped by its time budget at step %d/%d", step, total_steps
-            )
-            break
     module.eval()
     tail = losses[-50:] or [float("nan")]
     return {
         "steps": float(step),
         "total_steps": float(total_steps),
         "final_loss": float(np.mean(tail)),
-        "minutes": (time.monotonic() - started) / 60,
+        "minutes": minutes(),
     }
 
 
@@ -198,7 +198,29 @@ def length_bucketed_batches(
     return batches
 
 
-def _save_checkpoint(path: Path, module, optimizer, scheduler, step: int) -> None:  # type: ignore[no-untyped-def]
+def training_progress(
+    step: int, total_steps: int, minutes: float, max_minutes: float | None
+) -> float:
+    """How far through the schedule a run is: by steps, or by time if that is further.
+
+    Following the time budget too means a run cut short by a slow or busy
+    machine still warms up, decays to zero and ends annealed, instead of
+    stopping at a high learning rate part-way through a step schedule.
+    """
+    by_steps = step / total_steps
+    if max_minutes is None:
+        return by_steps
+    return max(by_steps, minutes / max_minutes)
+
+
+def lr_factor(progress: float, warmup_fraction: float) -> float:
+    """Linear warm-up over the first ``warmup_fraction``, then linear decay to zero."""
+    if progress < warmup_fraction:
+        return max(progress / warmup_fraction, 0.01)
+    return max(0.0, (1.0 - progress) / (1.0 - warmup_fraction))
+
+
+def _save_checkpoint(path: Path, module, optimizer, step: int, minutes: float) -> None:  # type: ignore[no-untyped-def]
     import torch
 
     tmp = path.with_suffix(".tmp")
@@ -206,8 +228,8 @@ def _save_checkpoint(path: Path, module, optimizer, scheduler, step: int) -> Non
         {
             "model": module.state_dict(),
             "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
             "step": step,
+            "minutes": minutes,
         },
         tmp,
     )

@@ -23,13 +23,14 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from server.errors import (
     AdminDisabled,
     ModelNotFound,
     NotReady,
     Unauthorized,
+    error_responses,
     install_error_handlers,
 )
 from server.hotswap import Reloader
@@ -137,28 +138,39 @@ def create_app(settings: ServerSettings) -> FastAPI:
         """Alive: the event loop answers. Says nothing about models."""
         return {"status": "alive"}
 
-    @probes.get("/readyz")
+    @probes.get("/readyz", responses=error_responses(503))
     async def readyz(request: Request) -> dict[str, str]:
         service = service_of(request)
         if not await service.check_ready():
             raise NotReady(f"encoder unhealthy: {service.batcher.last_error}")
         return {"status": "ready", "version": service.loaded.version}
 
-    @probes.get("/metrics")
+    @probes.get("/metrics", response_class=PlainTextResponse)
     async def metrics_route() -> Response:
         body, content_type = await asyncio.to_thread(metrics.render)
         return Response(body, media_type=content_type)
 
     # -- the API -------------------------------------------------------------
-    api = APIRouter(dependencies=[Depends(require_key)])
+    api = APIRouter(dependencies=[Depends(require_key)], responses=error_responses(401, 503))
+    searching = error_responses(400, 413, 422, 429)
 
-    @api.post("/search", response_model=SearchResponse, response_model_exclude_none=True)
+    @api.post(
+        "/search",
+        response_model=SearchResponse,
+        response_model_exclude_none=True,
+        responses=searching,
+    )
     async def search(body: SearchRequest, request: Request, response: Response) -> SearchResponse:
         (result,) = await service_of(request).search([body.query], body)
         _timing_headers(response, result.timings_ms)
         return result
 
-    @api.post("/search/batch", response_model=BatchSearchResponse, response_model_exclude_none=True)
+    @api.post(
+        "/search/batch",
+        response_model=BatchSearchResponse,
+        response_model_exclude_none=True,
+        responses=searching,
+    )
     async def search_batch(
         body: BatchSearchRequest, request: Request, response: Response
     ) -> BatchSearchResponse:
@@ -166,7 +178,11 @@ def create_app(settings: ServerSettings) -> FastAPI:
         _timing_headers(response, results[0].timings_ms)
         return BatchSearchResponse(results=results)
 
-    @api.post("/v1/embeddings", response_model=EmbeddingsResponse)
+    @api.post(
+        "/v1/embeddings",
+        response_model=EmbeddingsResponse,
+        responses=searching | error_responses(404),
+    )
     async def embeddings(body: EmbeddingsRequest, request: Request) -> EmbeddingsResponse:
         service = service_of(request)
         served = settings.served_model_name or service.encoder.name
@@ -197,9 +213,19 @@ def create_app(settings: ServerSettings) -> FastAPI:
         data["settings"] = settings.redacted()
         return data
 
-    admin = APIRouter(prefix="/admin", dependencies=[Depends(require_admin)], tags=["admin"])
+    admin = APIRouter(
+        prefix="/admin",
+        dependencies=[Depends(require_admin)],
+        tags=["admin"],
+        responses=error_responses(401, 403, 409, 422, 503),
+    )
 
-    @admin.post("/reload", response_model=ReloadResponse, response_model_exclude_none=True)
+    @admin.post(
+        "/reload",
+        response_model=ReloadResponse,
+        response_model_exclude_none=True,
+        responses={202: {"model": ReloadResponse, "description": "reload started"}},
+    )
     async def reload(
         request: Request,
         wait: bool = Query(False, description="answer once the reload is done"),

@@ -68,6 +68,7 @@ HELP = {
     "watch_current": "Reload by itself when `current` moves.",
     "served_model_name": "Model id in the OpenAI-compatible routes.",
     "log_level": "critical, error, warning, info or debug.",
+    "log_queries": "Log every query text (off by default: queries may hold personal data).",
     "retry_after_s": "Retry-After seconds on 429 and 503.",
     "max_body_bytes": "Largest request body accepted (413 beyond).",
     "filter_exact_max": "Filters matching at most this many docs are scored exactly.",
@@ -134,6 +135,9 @@ def serve(
         str | None, typer.Option("--served-model-name", help=HELP["served_model_name"])
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help=HELP["log_level"])] = None,
+    log_queries: Annotated[
+        bool | None, typer.Option("--log-queries/--no-log-queries", help=HELP["log_queries"])
+    ] = None,
     retry_after_s: Annotated[
         int | None, typer.Option("--retry-after-s", help=HELP["retry_after_s"])
     ] = None,

@@ -17,6 +17,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.schemas import ErrorBody
+
 logger = logging.getLogger(__name__)
 
 
@@ -114,6 +116,27 @@ class ReloadFailed(ServerError):
     error_type = "reload_failed"
 
 
+# What each error status means, for the OpenAPI schema (routes list the ones they can answer).
+ERROR_STATUSES = {
+    400: "the request body could not be decoded (not UTF-8)",
+    401: "missing or invalid API key (only when the server has one)",
+    403: "admin routes are disabled: the server has no API key",
+    404: "the requested model is not served here",
+    409: "the reload failed; the previous bundle keeps serving",
+    413: "the request body is larger than max_body_bytes",
+    422: "invalid request; the message says what to fix",
+    429: "overloaded; retry after Retry-After seconds",
+    503: "not ready, shutting down, or the request's deadline passed",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for these error statuses, all with the ``ErrorBody`` shape."""
+    return {
+        status: {"model": ErrorBody, "description": ERROR_STATUSES[status]} for status in statuses
+    }
+
+
 def error_body(message: str, error_type: str) -> dict[str, str]:
     return {"error": message, "type": error_type}
 
@@ -151,8 +174,17 @@ def install_error_handlers(app: FastAPI) -> None:
         if not isinstance(exc, StarletteHTTPException):  # pragma: no cover
             raise exc
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        cause = exc.__cause__
+        if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
+            # FastAPI's "There was an error parsing the body": say what was wrong with it.
+            kind = "invalid_body"
+            message = (
+                f"the request body is not valid UTF-8 (byte {cause.start}: {cause.reason}); "
+                "send JSON encoded as UTF-8"
+            )
         return JSONResponse(
-            error_body(str(exc.detail), kind),
+            error_body(message, kind),
             status_code=exc.status_code,
             headers=getattr(exc, "headers", None),
         )

@@ -1,9 +1,10 @@
 """Request and response bodies of the HTTP API.
 
 Unknown fields are refused (``extra="forbid"``) so a typo such as ``topk``
-is a 422 rather than a silently ignored option. Hard bounds live here;
-bounds that depend on configuration (``max_k``, ``max_batch_queries``) are
-checked by the search service.
+is a 422 rather than a silently ignored option, and types are strict (the
+schema says ``integer``, so ``"k": true`` or ``"k": "10"`` is a 422 too).
+Hard bounds live here; bounds that depend on configuration (``max_k``,
+``max_batch_queries``) are checked by the search service.
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ FilterValue = str | int | float | bool
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: JSON types as declared in the schema (``"k": true`` is not k=1).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class SearchOptions(_Request):
@@ -112,6 +114,22 @@ class ModelEntry(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelEntry]
+
+
+class ErrorDetail(BaseModel):
+    loc: list[str]
+    msg: str
+    type: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """Every 4xx/5xx answer: a message that says what to fix, and a stable ``type``."""
+
+    error: str
+    type: str
+    details: list[ErrorDetail] | None = Field(
+        None, description="one entry per invalid field (validation errors only)"
+    )
 
 
 class ReloadResponse(BaseModel):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,7 +35,7 @@ from server.errors import (
 )
 from server.funnel import FunnelResult, SearchPlan, run_funnel
 from server.metrics import Metrics
-from server.schemas import Hit, SearchOptions, SearchResponse, Timings
+from server.schemas import FilterValue, Hit, SearchOptions, SearchResponse, Timings
 from server.settings import ServerSettings
 from server.state import (
     LoadedBundle,
@@ -51,6 +52,8 @@ WARMUP_TEXT = "a short warm-up query"
 # Tokenizing a few short queries costs microseconds: do it on the event loop.
 # Larger requests go to a thread so they never stall other requests.
 INLINE_TOKENIZE_CHARS = 2048
+# SQLite compares metadata as 64-bit integers; larger ones cannot be bound.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 class SearchService:
@@ -201,6 +204,8 @@ class SearchService:
                 f"{self.settings.max_batch_queries}"
             )
         texts, cut = self._check_texts(queries)
+        if self.settings.log_queries:
+            logger.info("search k=%d variant=%s queries=%r", options.k, options.variant, texts)
         self._plan(self._loaded, options)  # refuse bad options before taking a slot
         with self.batcher.admission(len(texts)):
             tokens, truncated, tokenize_s = await self._tokenize(texts)
@@ -231,9 +236,7 @@ class SearchService:
                 f"k={options.k} is above this server's max_k={self.settings.max_k}"
             )
         if options.filter:
-            for key in options.filter:
-                if not key or '"' in key:
-                    raise InvalidRequest(f"unsupported metadata key {key!r} in filter")
+            _check_filter(options.filter)
         rescore = options.rescore
         if rescore is None:
             mode = self.settings.rescore
@@ -347,7 +350,9 @@ class SearchService:
             raise InvalidRequest(
                 f"dimensions={dimensions} is above the model's {self.encoder.dim} dimensions"
             )
-        texts, _cut = self._check_texts(texts)
+        texts, _cut = self._check_texts(texts, "input")
+        if self.settings.log_queries:
+            logger.info("embeddings inputs=%r", texts)
         with self.batcher.admission(len(texts)):
             tokens, _truncated, tokenize_s = await self._tokenize(texts)
             self.metrics.tokenize_seconds.observe(tokenize_s)
@@ -358,14 +363,16 @@ class SearchService:
         return vectors, int(tokens.attention_mask.sum())
 
     # -- shared input handling ----------------------------------------------
-    def _check_texts(self, texts: list[str]) -> tuple[list[str], list[bool]]:
-        """Refuse empty texts; cut (or refuse) texts past max_input_chars."""
+    def _check_texts(self, texts: list[str], noun: str = "query") -> tuple[list[str], list[bool]]:
+        """Refuse empty or unencodable texts; cut (or refuse) texts past max_input_chars."""
         limit = self.settings.max_input_chars
         out, cut = [], []
         for i, text in enumerate(texts):
-            where = f"query {i}" if len(texts) > 1 else "query"
+            where = f"{noun} {i}" if len(texts) > 1 else noun
             if not text.strip():
                 raise EmptyQuery(f"{where} is empty")
+            if problem := _text_problem(text):
+                raise InvalidRequest(f"{where} {problem}")
             if len(text) > limit:
                 if not self.settings.truncate:
                     raise QueryTooLong(f"{where} has {len(text)} characters; the limit is {limit}")
@@ -395,6 +402,44 @@ class SearchService:
         parts = [self.encoder.tokenize([t], "query") for t in texts]
         merged = merge_token_batches(parts, self.encoder.pad_id)
         return merged, [p.n_truncated > 0 for p in parts], time.perf_counter() - started
+
+
+def _text_problem(text: str) -> str | None:
+    """Why a text cannot be searched, or None: NUL characters and lone surrogates.
+
+    A lone surrogate (``"\\ud800"`` is valid JSON) cannot be encoded to UTF-8, so
+    neither the tokenizer nor SQLite accepts it; a NUL is almost always binary
+    data sent by mistake. Both are refused with the position to fix.
+    """
+    nul = text.find("\x00")
+    if nul >= 0:
+        return f"contains a NUL character (\\u0000) at position {nul}; remove it"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (
+            f"contains a lone surrogate ({text[exc.start]!r}) at position {exc.start}; "
+            "send valid Unicode text"
+        )
+    return None
+
+
+def _check_filter(equals: dict[str, FilterValue]) -> None:
+    """Refuse filters SQLite cannot evaluate, naming the key to fix."""
+    for key, value in equals.items():
+        if not key or '"' in key or _text_problem(key):
+            raise InvalidRequest(
+                f"unsupported metadata key {key!r} in filter: "
+                "use non-empty text without double quotes, NUL or lone surrogates"
+            )
+        if isinstance(value, str) and (problem := _text_problem(value)):
+            raise InvalidRequest(f"filter value of {key!r} {problem}")
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
+            raise InvalidRequest(f"filter value of {key!r} is outside the 64-bit integer range")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidRequest(f"filter value of {key!r} must be a finite number")
 
 
 def _bundle_labels(loaded: LoadedBundle) -> dict[str, str]:

@@ -60,6 +60,11 @@ class ServerSettings(BaseSettings):
         None, description="Bearer key for everything but probes and /metrics; enables /admin"
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_queries: bool = Field(
+        False,
+        description="log the text of every query and embeddings input (at info); off by "
+        "default because queries may hold personal data",
+    )
     served_model_name: str | None = Field(
         None, description="model id for /v1/models and /v1/embeddings (default: the student name)"
     )

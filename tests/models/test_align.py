@@ -118,6 +118,17 @@ def test_distillation_trains_exports_and_passes_parity(
     assert card.name == "tiny" and settings["out_name"] == "tiny"
 
 
+def test_schedule_follows_the_time_budget_when_it_runs_out_first() -> None:
+    from models.distill import lr_factor, training_progress
+
+    assert training_progress(50, 100, minutes=1.0, max_minutes=None) == 0.5
+    assert training_progress(50, 100, minutes=1.0, max_minutes=10.0) == 0.5  # steps lead
+    assert training_progress(10, 100, minutes=8.0, max_minutes=10.0) == 0.8  # the clock leads
+    assert lr_factor(0.025, warmup_fraction=0.05) == pytest.approx(0.5)  # warming up
+    assert lr_factor(0.05, 0.05) == 1.0 and lr_factor(0.525, 0.05) == pytest.approx(0.5)
+    assert lr_factor(1.0, 0.05) == 0.0  # ends annealed, however it ends
+
+
 def test_length_bucketed_batches_cover_every_row_and_cut_padding() -> None:
     from models.distill import length_bucketed_batches
 
