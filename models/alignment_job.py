@@ -96,10 +96,11 @@ def run_alignment(
     adapter_key = stable_hash(
         ALIGN_FORMAT, "adapter", student_card.fingerprint, teacher_card.fingerprint, texts.key()
     )
+    adapter_name = out_name if method == "adapter" else f"{out_name}-adapter"
     adapter_path = _publish_named(
-        out_name if method == "adapter" else f"{out_name}-adapter",
+        adapter_name,
         adapter_key,
-        lambda tmp: align_adapter(student_dir, teacher_dir, texts, tmp, out_name),
+        lambda tmp: align_adapter(student_dir, teacher_dir, texts, tmp, adapter_name),
     )
     if method == "adapter":
         _maybe_quantize(adapter_path, quantize)

@@ -134,9 +134,14 @@ def align(
     texts: Annotated[Path, typer.Option(help="BEIR folder, corpus file, or index bundle.")],
     method: Annotated[str, typer.Option(help="adapter (seconds) or distill (LEAF).")] = "adapter",
     out: Annotated[str, typer.Option(help="Name of the aligned student.")] = "",
-    pseudo_queries: Annotated[int, typer.Option(help="Query-like spans cut from passages.")] = 8000,
-    epochs: Annotated[float, typer.Option(help="distill: passes over the texts.")] = 1.0,
-    max_minutes: Annotated[float, typer.Option(help="distill: time budget.")] = 50.0,
+    pseudo_queries: Annotated[
+        int | None,
+        typer.Option(help="Query-like spans cut from passages (default 8000; distill 24000)."),
+    ] = None,
+    epochs: Annotated[float, typer.Option(help="distill: passes over the texts.")] = 2.0,
+    max_minutes: Annotated[
+        float, typer.Option(help="distill: time budget; the schedule anneals within it.")
+    ] = 50.0,
     batch_size: Annotated[int, typer.Option(help="distill: batch size.")] = 32,
     lr: Annotated[float, typer.Option(help="distill: transformer learning rate.")] = 1e-4,
     projection_lr: Annotated[float, typer.Option(help="distill: projection LR.")] = 1e-3,
@@ -152,7 +157,8 @@ def align(
     try:
         teacher_dir, student_dir = resolve_artifact(teacher), resolve_artifact(student)
         with console.status(f"reading texts from {texts}"):
-            corpus = gather_texts(texts, pseudo_queries)
+            n_pseudo = pseudo_queries or (24000 if method == "distill" else 8000)
+            corpus = gather_texts(texts, n_pseudo)
         name = out or f"{ModelCard.load(student_dir).name}-to-{ModelCard.load(teacher_dir).name}"
         config = DistillConfig(
             epochs=epochs,
