@@ -98,7 +98,7 @@ def run_funnel(
     rescore_s = 0.0
     if plan.rescore:
         started = time.perf_counter()
-        hit_ids, hit_scores = _rescore(loaded, queries, ids, plan.k)
+        hit_ids, hit_scores = rescore(loaded.bundle.vectors, queries, ids, plan.k)
         rescore_s = _since(started)
         stages.append(f"rescore:f32-{loaded.dim}")
     else:
@@ -112,7 +112,7 @@ def _exact_subset(
     allowed: npt.NDArray[np.int64],
     k: int,
 ) -> tuple[list[npt.NDArray[np.int64]], list[npt.NDArray[np.float32]]]:
-    all_scores = _score_rows(loaded, allowed, queries)  # (n_queries, m)
+    all_scores = score_rows(loaded.bundle.vectors, allowed, queries)  # (n_queries, m)
     out_ids, out_scores = [], []
     for row in all_scores:
         order = _top_order(row, allowed, k)
@@ -121,8 +121,8 @@ def _exact_subset(
     return out_ids, out_scores
 
 
-def _score_rows(
-    loaded: LoadedBundle, ids: npt.NDArray[np.int64], queries: npt.NDArray[np.float32]
+def score_rows(
+    vectors: npt.NDArray[Any], ids: npt.NDArray[np.int64], queries: npt.NDArray[np.float32]
 ) -> npt.NDArray[np.float32]:
     """Inner products of queries with stored rows ``ids`` (ascending), read chunk by chunk.
 
@@ -131,21 +131,26 @@ def _score_rows(
     """
     scores = np.empty((queries.shape[0], ids.size), dtype=np.float32)  # (n_queries, m)
     for start in range(0, ids.size, SCORE_CHUNK):
-        rows = np.asarray(loaded.bundle.vectors[ids[start : start + SCORE_CHUNK]], dtype=np.float32)
+        rows = np.asarray(vectors[ids[start : start + SCORE_CHUNK]], dtype=np.float32)
         scores[:, start : start + rows.shape[0]] = queries @ rows.T
     return scores
 
 
-def _rescore(
-    loaded: LoadedBundle,
+def rescore(
+    vectors: npt.NDArray[Any],
     queries: npt.NDArray[np.float32],
     ids: npt.NDArray[np.int64],
     k: int,
 ) -> tuple[list[npt.NDArray[np.int64]], list[npt.NDArray[np.float32]]]:
+    """Each query's first-pass candidates ``ids`` (n_queries, m) ranked exactly; the best k.
+
+    ``vectors`` are the stored full-dimension rows (a bundle's memmap); public
+    so benchmarks time the server's own rescoring, not a copy of it.
+    """
     out_ids, out_scores = [], []
     for query, row in zip(queries, ids, strict=True):
         cand = np.unique(row[row >= 0])  # sorted: reads the memmap in file order
-        scores = _score_rows(loaded, cand, query[None, :])[0]  # (m,)
+        scores = score_rows(vectors, cand, query[None, :])[0]  # (m,)
         order = _top_order(scores, cand, k)
         out_ids.append(cand[order])
         out_scores.append(scores[order])

@@ -1,0 +1,246 @@
+"""The query path: the in-process limit, tandem over HTTP, a naive server, the teacher.
+
+- in-process (the limit): the aligned student embeds, then the server's own
+  funnel (``server.funnel.run_funnel``: first pass, documents fetched) runs
+  on the same bundle and queries; one query at a time and in batches of 32
+  (the server's largest micro-batch);
+- the teacher as query encoder: the same in-process path with the teacher in
+  place of the student (symmetric search, what the student replaces);
+- ``tandem serve`` over HTTP at each concurrency (closed loop);
+- the naive FastAPI + sentence-transformers server (``bench/naive_server.py``)
+  and ``tandem serve`` over the *same* 384-d vectors of the unaligned student,
+  so that comparison is the same model doing the same search.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from bench import loadgen
+from bench.inputs import Workspace, export_for_naive
+from bench.profile import profile_server
+from bench.servers import HOST, ServerProcess, free_port, running, tandem_server
+from indexer.bundle import open_bundle
+from models.card import ModelCard
+from models.encoder import Encoder
+from server.funnel import SearchPlan, run_funnel
+from server.state import load_bundle
+
+TIMING_HEADERS = ("x-queue-time", "x-embed-time", "x-search-time", "x-total-time")
+K = 10
+BATCH = 32  # the server's default max_batch_size
+
+
+@dataclass(frozen=True)
+class Load:
+    """How much traffic each HTTP setting gets: concurrency levels, requests, a time cap."""
+
+    levels: tuple[int, ...]
+    requests: dict[int, int]
+    max_seconds: float
+    warmup: int
+
+
+FULL_LOAD = Load((1, 8, 32), {1: 300, 8: 800, 32: 1600}, 60.0, 100)
+QUICK_LOAD = Load((1, 8, 32), {1: 40, 8: 80, 32: 128}, 10.0, 20)
+
+
+def in_process(
+    encoder: Encoder, bundle_dir: Path, variant: str, queries: list[str], n_single: int
+) -> dict[str, Any]:
+    """Embed + funnel with no HTTP and no batcher: p50/p99 of single queries, batched q/s."""
+    faiss.omp_set_num_threads(1)  # as the server's search threads (faiss_threads=1)
+    loaded = load_bundle(
+        bundle_dir,
+        encoder.card,
+        [variant],
+        allow_unaligned=False,
+        verify=False,
+        faiss_device="cpu",
+    )
+    plan = SearchPlan(
+        variant=variant,
+        k=K,
+        rescore=False,  # the server's "auto": an exact full-dim variant is not rescored
+        oversample=4,
+        ef_search=64,
+        filter=None,
+        filter_exact_max=0,
+    )
+    try:
+
+        def one(batch: list[str]) -> None:
+            run_funnel(loaded, encoder.encode(batch, "query"), plan)
+
+        for query in queries[:10]:
+            one([query])
+        singles = []
+        cpu0 = time.process_time()
+        for i in range(n_single):
+            started = time.perf_counter()
+            one([queries[i % len(queries)]])
+            singles.append((time.perf_counter() - started) * 1e3)
+        cpu_ms = (time.process_time() - cpu0) * 1e3 / n_single
+        n_batched = max(BATCH, (n_single // BATCH) * BATCH)
+        started = time.perf_counter()
+        for i in range(0, n_batched, BATCH):
+            one([queries[(i + j) % len(queries)] for j in range(BATCH)])
+        batched_s = time.perf_counter() - started
+    finally:
+        loaded.close()
+    return {
+        "encoder": encoder.name,
+        "queries": n_single,
+        "p50_ms": float(np.percentile(singles, 50)),
+        "p99_ms": float(np.percentile(singles, 99)),
+        "qps_single": n_single / (sum(singles) / 1e3),
+        "cpu_ms_per_query": cpu_ms,
+        "qps_batched": n_batched / batched_s,
+        # The limit is the better of the two: batching is not always faster on a small CPU.
+        "qps_limit": max(n_single / (sum(singles) / 1e3), n_batched / batched_s),
+    }
+
+
+def http_levels(
+    server: ServerProcess,
+    path: str,
+    bodies: list[dict[str, Any]],
+    load: Load,
+    per_request: int = 1,
+) -> list[dict[str, Any]]:
+    """Warm up, then one closed-loop run per concurrency level, with server CPU per request."""
+    requests = [
+        loadgen.encode_post(HOST, server.port, path, json.dumps(b).encode()) for b in bodies
+    ]
+    loadgen.closed_loop(HOST, server.port, requests, 4, load.warmup, load.max_seconds)
+    results = []
+    for level in load.levels:
+        cpu0 = server.cpu_seconds()
+        run = loadgen.closed_loop(
+            HOST,
+            server.port,
+            requests,
+            level,
+            load.requests[level],
+            load.max_seconds,
+            timing_headers=TIMING_HEADERS,
+        )
+        served = max(run.ok, 1)
+        results.append(
+            run.as_dict()
+            | {
+                "items_per_s": run.qps * per_request,
+                "server_cpu_ms": (server.cpu_seconds() - cpu0) * 1e3 / served,
+                "client_cpu_ms": run.client_cpu_s * 1e3 / served,
+            }
+        )
+    return results
+
+
+def naive_server(ws: Workspace, symmetric: Path) -> ServerProcess:
+    """``bench/naive_server.py`` under uvicorn, over the symmetric bundle's docs and vectors."""
+    docs, vectors = export_for_naive(symmetric, ws.work / "naive")
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "bench.naive_server:app",
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--no-access-log",
+    ]
+    env = {
+        "NAIVE_MODEL": str(ws.models.base_student_st),
+        "NAIVE_DOCS": str(docs),
+        "NAIVE_VECTORS": str(vectors),
+        "HF_HUB_OFFLINE": "1",
+    }
+    return ServerProcess("naive", command, port, ws.work / "naive.log", "/openapi.json", env)
+
+
+def run(ws: Workspace, load: Load, profile_seconds: float = 0.0) -> dict[str, Any]:
+    """Section 1: every row of the query-path tables, plus an optional profile of tandem."""
+    with open_bundle(ws.bundle) as bundle:
+        n_docs, dim, variant = bundle.n_docs, bundle.dim, f"f32-{bundle.dim}"
+    queries = ws.queries
+    n_single = load.requests[1]
+    student = Encoder(ws.models.student, device="cpu")
+    teacher = Encoder(ws.models.teacher, device="cpu")
+    limit = in_process(student, ws.bundle, variant, queries, n_single)
+    teacher_row = in_process(teacher, ws.bundle, variant, queries, max(20, n_single // 2))
+    del student, teacher
+
+    body = {"k": K, "variant": variant}
+    bodies = [body | {"query": q} for q in queries]
+    out: dict[str, Any] = {
+        "bundle": str(ws.bundle),
+        "n_docs": n_docs,
+        "dim": dim,
+        "variant": variant,
+        "k": K,
+        "n_queries": len(queries),
+        "student": ModelCard.load(ws.models.student).name,
+        "load": {"levels": load.levels, "requests": load.requests, "max_s": load.max_seconds},
+        "in_process": limit,
+        "teacher_in_process": teacher_row,
+        "servers": [],
+    }
+    server = tandem_server(ws.bundle, ws.models.student, ws.work, "tandem")
+    with running(server):
+        out["servers"].append(
+            {
+                "name": f"tandem /search ({out['student']}, {variant})",
+                "key": "tandem",
+                "startup_s": server.startup_s,
+                "rss_mib": server.rss_mib(),
+                "levels": http_levels(server, "/search", bodies, load),
+            }
+        )
+        if profile_seconds > 0:
+            out["profiles"] = {
+                c: profile_server(
+                    server, "/search", bodies, c, profile_seconds, ws.work / f"profile-search-{c}"
+                )
+                for c in (1, 32)
+            }
+
+    symmetric = ws.symmetric()
+    base_name = ModelCard.load(ws.models.base_student).name
+    sym_body = {"k": K}
+    sym_bodies = [sym_body | {"query": q} for q in queries]
+    server = tandem_server(symmetric, ws.models.base_student, ws.work, "tandem-symmetric")
+    with running(server):
+        out["servers"].append(
+            {
+                "name": f"tandem /search ({base_name}, f32-384, same vectors as naive)",
+                "key": "tandem_symmetric",
+                "startup_s": server.startup_s,
+                "rss_mib": server.rss_mib(),
+                "levels": http_levels(server, "/search", sym_bodies, load),
+            }
+        )
+    server = naive_server(ws, symmetric)
+    with running(server):
+        out["servers"].append(
+            {
+                "name": f"naive FastAPI + sentence-transformers ({base_name}, flat 384-d)",
+                "key": "naive",
+                "startup_s": server.startup_s,
+                "rss_mib": server.rss_mib(),
+                "levels": http_levels(server, "/search", sym_bodies, load),
+            }
+        )
+    return out

@@ -1,0 +1,84 @@
+"""The CI run of the benchmarks: ``python -m bench --quick`` end to end, so the scripts never rot.
+
+No timing thresholds: a busy CI runner makes every number noisy. What is
+checked is that every section ran, every HTTP run was answered without
+errors, and the ratio table holds a number for every goal (infinity-emb is
+left out by ``--quick``, and says so).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+REPO = Path(__file__).resolve().parents[2]
+SECTIONS = (
+    "## 1. Query path",
+    "### 1b. Embeddings alone",
+    "## 2. Search: variants against corpus size",
+    "## 3. Indexing",
+    "## 4. Query encoders",
+    "## Ratios vs goals",
+)
+GOALS = (
+    "server throughput",
+    "single-query p50",
+    "(fp32)",
+    "(int8)",
+    "binary+rescore",
+    "indexing",
+    "infinity-emb",
+)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory, aligned_student_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("bench")
+    command = [sys.executable, "-m", "bench", "--quick", "--out", str(out / "BENCHMARKS.md")]
+    command += ["--json", str(out / "results.json"), "--student", str(aligned_student_dir)]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return out
+
+
+def ratio_rows(text: str) -> list[list[str]]:
+    table = text.split("## Ratios vs goals", 1)[1].split("<!-- notes", 1)[0]
+    rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in row] for row in rows[1:]]  # without the header
+
+
+def test_every_section_and_the_machine_header(quick_run: Path) -> None:
+    text = (quick_run / "BENCHMARKS.md").read_text()
+    for heading in SECTIONS:
+        assert heading in text, heading
+    for fact in ("**Command**: `python -m bench --quick", "**Machine**", "**Load average**"):
+        assert fact in text, fact
+
+
+def test_ratio_table_has_a_number_for_every_goal(quick_run: Path) -> None:
+    rows = ratio_rows((quick_run / "BENCHMARKS.md").read_text())
+    for goal in GOALS:
+        assert any(goal in row[0] for row in rows), goal
+    for goal, measured, target, of_goal, verdict, _detail in rows:
+        if "infinity-emb" in goal:
+            assert verdict == "not measured"  # --quick leaves the peer out
+            continue
+        value, share = float(measured.replace(",", "")), float(of_goal.replace(",", ""))
+        assert math.isfinite(value) and value > 0, goal
+        assert math.isclose(share, value / float(target), rel_tol=0.02, abs_tol=0.01), goal
+        assert verdict in ("met", "**missed**"), goal
+
+
+def test_http_runs_were_answered_without_errors(quick_run: Path) -> None:
+    results = json.loads((quick_run / "results.json").read_text())
+    servers = results["query"]["servers"] + results["embeddings"]["servers"]
+    assert {s["key"] for s in servers} >= {"tandem", "tandem_symmetric", "naive"}
+    for server in servers:
+        for level in server["levels"]:
+            assert level["ok"] > 0 and level["errors"] == 0, (server["name"], level)
