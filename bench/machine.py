@@ -63,23 +63,19 @@ def package_version(name: str) -> str:
         return "not installed"
 
 
-def git_commit() -> str:
+def command_output(args: list[str], timeout_s: float = 10.0) -> str | None:
+    """A command's stripped stdout, or None when it cannot run or fails."""
     try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
+        run = subprocess.run(args, capture_output=True, text=True, timeout=timeout_s, check=True)
     except (OSError, subprocess.SubprocessError):
+        return None
+    return run.stdout.strip()
+
+
+def git_commit() -> str:
+    out = command_output(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    dirty = command_output(["git", "-C", str(REPO), "status", "--porcelain"])
+    if out is None or dirty is None:
         return "unknown"
     return out + (" (with uncommitted changes)" if dirty else "")
 

@@ -16,14 +16,21 @@ launcher. It is never installed by the benchmark:
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from bench.inputs import Workspace
+from bench.machine import command_output
 from bench.profile import profile_server
-from bench.query_path import Load, http_levels
-from bench.servers import HOST, ServerProcess, ServerStartError, free_port, running, tandem_server
+from bench.query_path import Load, measure_server
+from bench.servers import (
+    ServerProcess,
+    ServerStartError,
+    free_port,
+    listen_args,
+    running,
+    tandem_server,
+)
 from models.cache import tandem_home
 from models.card import ModelCard
 
@@ -35,17 +42,9 @@ def default_infinity_bin() -> Path:
 
 
 def infinity_version(binary: Path) -> str:
-    python = binary.parent / "python"
-    try:
-        return subprocess.run(
-            [str(python), "-c", "import importlib.metadata as m; print(m.version('infinity_emb'))"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
+    script = "import importlib.metadata as m; print(m.version('infinity_emb'))"
+    found = command_output([str(binary.parent / "python"), "-c", script], timeout_s=60)
+    return found or "unknown"
 
 
 def infinity_server(binary: Path, model_folder: Path, log_dir: Path) -> ServerProcess:
@@ -62,12 +61,7 @@ def infinity_server(binary: Path, model_folder: Path, log_dir: Path) -> ServerPr
         "torch",
         "--device",
         "cpu",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
+        *listen_args(port),
     ]
     # No telemetry and no hub: this machine reaches no outside address.
     env = {"DO_NOT_TRACK": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "HF_HUB_OFFLINE": "1"}
@@ -98,13 +92,14 @@ def run(
     with running(server):
         bodies: list[dict[str, Any]] = [{"input": t} for t in texts]
         out["servers"].append(
-            {
-                "name": f"tandem /v1/embeddings ({base.name}, ONNX fp32)",
-                "key": "tandem",
-                "startup_s": server.startup_s,
-                "rss_mib": server.rss_mib(),
-                "levels": http_levels(server, "/v1/embeddings", bodies, load),
-            }
+            measure_server(
+                server,
+                f"tandem /v1/embeddings ({base.name}, ONNX fp32)",
+                "tandem",
+                "/v1/embeddings",
+                bodies,
+                load,
+            )
         )
         if profile_seconds > 0:
             out["profiles"] = {
@@ -125,14 +120,15 @@ def run(
         with running(server, timeout_s=600):
             bodies = [{"model": SERVED_NAME, "input": [t]} for t in texts]
             out["servers"].append(
-                {
-                    "name": f"infinity-emb {out['infinity_version']} /embeddings "
+                measure_server(
+                    server,
+                    f"infinity-emb {out['infinity_version']} /embeddings "
                     f"({base.name}, torch engine)",
-                    "key": "infinity",
-                    "startup_s": server.startup_s,
-                    "rss_mib": server.rss_mib(),
-                    "levels": http_levels(server, "/embeddings", bodies, load),
-                }
+                    "infinity",
+                    "/embeddings",
+                    bodies,
+                    load,
+                )
             )
     except ServerStartError as exc:
         out["infinity_error"] = str(exc)

@@ -27,7 +27,7 @@ import numpy as np
 from bench import loadgen
 from bench.inputs import Workspace, export_for_naive
 from bench.profile import profile_server
-from bench.servers import HOST, ServerProcess, free_port, running, tandem_server
+from bench.servers import HOST, ServerProcess, free_port, listen_args, running, tandem_server
 from indexer.bundle import open_bundle
 from models.card import ModelCard
 from models.encoder import Encoder
@@ -109,6 +109,24 @@ def in_process(
     }
 
 
+def measure_server(
+    server: ServerProcess,
+    name: str,
+    key: str,
+    path: str,
+    bodies: list[dict[str, Any]],
+    load: Load,
+) -> dict[str, Any]:
+    """One server's report entry: its startup, warm RSS and every load level on ``path``."""
+    return {
+        "name": name,
+        "key": key,
+        "startup_s": server.startup_s,
+        "rss_mib": server.rss_mib(),
+        "levels": http_levels(server, path, bodies, load),
+    }
+
+
 def http_levels(
     server: ServerProcess,
     path: str,
@@ -154,12 +172,7 @@ def naive_server(ws: Workspace, symmetric: Path) -> ServerProcess:
         "-m",
         "uvicorn",
         "bench.naive_server:app",
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
+        *listen_args(port),
         "--no-access-log",
     ]
     env = {
@@ -201,13 +214,14 @@ def run(ws: Workspace, load: Load, profile_seconds: float = 0.0) -> dict[str, An
     server = tandem_server(ws.bundle, ws.models.student, ws.work, "tandem")
     with running(server):
         out["servers"].append(
-            {
-                "name": f"tandem /search ({out['student']}, {variant})",
-                "key": "tandem",
-                "startup_s": server.startup_s,
-                "rss_mib": server.rss_mib(),
-                "levels": http_levels(server, "/search", bodies, load),
-            }
+            measure_server(
+                server,
+                f"tandem /search ({out['student']}, {variant})",
+                "tandem",
+                "/search",
+                bodies,
+                load,
+            )
         )
         if profile_seconds > 0:
             out["profiles"] = {
@@ -224,23 +238,25 @@ def run(ws: Workspace, load: Load, profile_seconds: float = 0.0) -> dict[str, An
     server = tandem_server(symmetric, ws.models.base_student, ws.work, "tandem-symmetric")
     with running(server):
         out["servers"].append(
-            {
-                "name": f"tandem /search ({base_name}, f32-384, same vectors as naive)",
-                "key": "tandem_symmetric",
-                "startup_s": server.startup_s,
-                "rss_mib": server.rss_mib(),
-                "levels": http_levels(server, "/search", sym_bodies, load),
-            }
+            measure_server(
+                server,
+                f"tandem /search ({base_name}, f32-384, same vectors as naive)",
+                "tandem_symmetric",
+                "/search",
+                sym_bodies,
+                load,
+            )
         )
     server = naive_server(ws, symmetric)
     with running(server):
         out["servers"].append(
-            {
-                "name": f"naive FastAPI + sentence-transformers ({base_name}, flat 384-d)",
-                "key": "naive",
-                "startup_s": server.startup_s,
-                "rss_mib": server.rss_mib(),
-                "levels": http_levels(server, "/search", sym_bodies, load),
-            }
+            measure_server(
+                server,
+                f"naive FastAPI + sentence-transformers ({base_name}, flat 384-d)",
+                "naive",
+                "/search",
+                sym_bodies,
+                load,
+            )
         )
     return out

@@ -8,6 +8,7 @@ analysis of a committed run), which is kept.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,38 +267,10 @@ def _query(q: dict[str, Any]) -> list[str]:
         "**Over HTTP** (`POST /search`, k=10, text included):",
         "",
     ]
-    rows = []
-    for server in q["servers"]:
-        for lv in server["levels"]:
-            timing = lv.get("server_ms") or {}
-            rows.append(
-                [
-                    server["name"],
-                    lv["concurrency"],
-                    lv["ok"],
-                    lv["errors"],
-                    lv["p50_ms"],
-                    lv["p99_ms"],
-                    lv["qps"],
-                    lv["server_cpu_ms"],
-                    lv["client_cpu_ms"],
-                    _stages(timing),
-                ]
-            )
-    lines += _table(
-        [
-            "server",
-            "C",
-            "ok",
-            "errors",
-            "p50 ms",
-            "p99 ms",
-            "q/s",
-            "server CPU ms/req",
-            "client CPU ms/req",
-            "server-side mean ms (queue / embed / search / total)",
-        ],
-        rows,
+    lines += _http_levels(
+        q["servers"],
+        ("qps", "q/s"),
+        ("server-side mean ms (queue / embed / search / total)", _server_stages),
     )
     tandem, naive = _server(q, "tandem_symmetric"), _server(q, "naive")
     if tandem and naive:
@@ -330,6 +303,32 @@ def _query(q: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _http_levels(
+    servers: list[dict[str, Any]],
+    rate: tuple[str, str],
+    extra: tuple[str, Callable[[dict[str, Any]], str]] | None = None,
+) -> list[str]:
+    """One row per (server, concurrency level) of a closed-loop HTTP run.
+
+    ``rate`` is the level's throughput field and its column name; ``extra``
+    an optional last column computed from the level.
+    """
+    header = ["server", "C", "ok", "errors", "p50 ms", "p99 ms", rate[1]]
+    header += ["server CPU ms/req", "client CPU ms/req"] + ([extra[0]] if extra else [])
+    rows = []
+    for server in servers:
+        for lv in server["levels"]:
+            row = [server["name"], lv["concurrency"], lv["ok"], lv["errors"]]
+            row += [lv["p50_ms"], lv["p99_ms"], lv[rate[0]], lv["server_cpu_ms"]]
+            row += [lv["client_cpu_ms"]] + ([extra[1](lv)] if extra else [])
+            rows.append(row)
+    return _table(header, rows)
+
+
+def _server_stages(level: dict[str, Any]) -> str:
+    return _stages(level.get("server_ms") or {})
+
+
 def _stages(timing: dict[str, float]) -> str:
     keys = ("x-queue-time", "x-embed-time", "x-search-time", "x-total-time")
     if not all(k in timing for k in keys):
@@ -346,36 +345,7 @@ def _embeddings(e: dict[str, Any]) -> list[str]:
         "batching). One query text per request, same client, same texts, one server at a time.",
         "",
     ]
-    rows = []
-    for server in e["servers"]:
-        for lv in server["levels"]:
-            rows.append(
-                [
-                    server["name"],
-                    lv["concurrency"],
-                    lv["ok"],
-                    lv["errors"],
-                    lv["p50_ms"],
-                    lv["p99_ms"],
-                    lv["items_per_s"],
-                    lv["server_cpu_ms"],
-                    lv["client_cpu_ms"],
-                ]
-            )
-    lines += _table(
-        [
-            "server",
-            "C",
-            "ok",
-            "errors",
-            "p50 ms",
-            "p99 ms",
-            "embeddings/s",
-            "server CPU ms/req",
-            "client CPU ms/req",
-        ],
-        rows,
-    )
+    lines += _http_levels(e["servers"], ("items_per_s", "embeddings/s"))
     if "infinity_error" in e:
         lines += ["", f"**infinity-emb did not run**: {e['infinity_error']}"]
     ours, theirs = _server(e, "tandem"), _server(e, "infinity")

@@ -143,6 +143,11 @@ def post_json(port: int, path: str, body: dict[str, object]) -> dict[str, object
         return dict(json.loads(response.read()))
 
 
+def listen_args(port: int) -> list[str]:
+    """Where a server under test listens (loopback only) and how little it logs."""
+    return ["--host", HOST, "--port", str(port), "--log-level", "warning"]
+
+
 def tandem_server(
     bundle: Path, student: Path, log_dir: Path, name: str, extra: tuple[str, ...] = ()
 ) -> ServerProcess:
@@ -157,12 +162,7 @@ def tandem_server(
         str(bundle),
         "--student",
         str(student),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--log-level",
-        "warning",
+        *listen_args(port),
         *extra,
     ]
     return ServerProcess(name, command, port, log_dir / f"{name}.log", "/readyz")
