@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tandem.models.encoder import Encoder
+
 from bench import encoders, indexing, machine, peers, query_path, report, search_scaling
 from bench.inputs import (
     REPO,
@@ -31,7 +33,6 @@ from bench.inputs import (
     resolve_models,
     sample_bundle,
 )
-from models.encoder import Encoder
 
 SECTIONS = ("encoders", "query", "embeddings", "search", "indexing")
 FULL_STUDENT = "scifact-adapter"

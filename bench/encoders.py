@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from models.card import ModelCard
-from models.encoder import Encoder
+from tandem.models.card import ModelCard
+from tandem.models.encoder import Encoder
 
 PRECISIONS = ("fp32", "int8")
 

@@ -23,17 +23,18 @@ from itertools import islice
 from pathlib import Path
 from typing import Any
 
-from models.card import ModelCard
+from tandem.models.card import ModelCard
 
 VARIANTS = "f32-768,int8-768,bin-768"
 
 
 def child(mode: str, precision: str, docs: int, corpus: Path, variants: str) -> dict[str, Any]:
     """One timed pass in this process; the model load is outside the timed region."""
-    from indexer.build import build_bundle
-    from indexer.corpus import read_corpus
-    from models.artifacts import resolve_artifact
-    from models.encoder import Encoder
+    from tandem.indexer.build import build_bundle
+    from tandem.models.artifacts import resolve_artifact
+    from tandem.models.encoder import Encoder
+
+    from tandem.data.corpus import read_corpus
 
     items = list(islice(read_corpus(corpus), docs))
     texts = [d.text for d in items]

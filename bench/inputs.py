@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tandem.bundle.format import Bundle, open_bundle
+from tandem.indexer.build import build_bundle
+from tandem.models.artifacts import find_artifact, resolve_artifact
+from tandem.models.encoder import Encoder
+from tandem.models.sources import resolve_source
 
-from indexer.build import build_bundle
-from indexer.bundle import Bundle, open_bundle
-from indexer.corpus import Doc, read_corpus
-from models.artifacts import find_artifact, resolve_artifact
-from models.encoder import Encoder
-from models.sources import resolve_source
+from tandem.data.corpus import Doc, read_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
@@ -66,7 +66,7 @@ def resolve_models(student: str | None, quick: bool) -> Models:
         if found:
             aligned = found[0]
         else:
-            from models.alignment_job import gather_texts, run_alignment
+            from tandem.toolchain.alignment_job import gather_texts, run_alignment
 
             texts = gather_texts(SAMPLES / "corpus.jsonl", SAMPLE_PSEUDO_QUERIES)
             aligned = run_alignment(base, teacher, texts, "adapter", QUICK_STUDENTS[0])

@@ -19,6 +19,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from tandem.models.card import ModelCard
+
 from bench.inputs import Workspace
 from bench.machine import command_output
 from bench.profile import profile_server
@@ -31,8 +33,7 @@ from bench.servers import (
     running,
     tandem_server,
 )
-from models.cache import tandem_home
-from models.card import ModelCard
+from tandem.home import tandem_home
 
 SERVED_NAME = "all-MiniLM-L6-v2"
 

@@ -1,7 +1,7 @@
 """The query path: the in-process limit, tandem over HTTP, a naive server, the teacher.
 
 - in-process (the limit): the aligned student embeds, then the server's own
-  funnel (``server.funnel.run_funnel``: first pass, documents fetched) runs
+  funnel (``tandem.server.funnel.run_funnel``: first pass, documents fetched) runs
   on the same bundle and queries; one query at a time and in batches of 32
   (the server's largest micro-batch);
 - the teacher as query encoder: the same in-process path with the teacher in
@@ -23,16 +23,16 @@ from typing import Any
 
 import faiss
 import numpy as np
+from tandem.bundle.format import open_bundle
+from tandem.models.card import ModelCard
+from tandem.models.encoder import Encoder
+from tandem.server.funnel import SearchPlan, run_funnel
+from tandem.server.state import load_bundle
 
 from bench import loadgen
 from bench.inputs import Workspace, export_for_naive
 from bench.profile import profile_server
 from bench.servers import HOST, ServerProcess, free_port, listen_args, running, tandem_server
-from indexer.bundle import open_bundle
-from models.card import ModelCard
-from models.encoder import Encoder
-from server.funnel import SearchPlan, run_funnel
-from server.state import load_bundle
 
 TIMING_HEADERS = ("x-queue-time", "x-embed-time", "x-search-time", "x-total-time")
 K = 10

@@ -6,9 +6,9 @@ quality is measured by ``tandem eval`` on real data. Queries are noisy
 copies of documents (cosine about 0.7 to their source), so graph searches
 walk towards a real neighbourhood as they do on real queries.
 
-Indexes are built by the indexer's own code (``indexer.variants``) and
+Indexes are built by the indexer's own code (``tandem.bundle.variants``) and
 searched by the server's (``search_variant``; rescoring by
-``server.funnel.rescore`` over float16 stored vectors memory-mapped from
+``tandem.server.funnel.rescore`` over float16 stored vectors memory-mapped from
 disk, as in a bundle). Single-query time uses one FAISS thread, as the
 server does per request; batched time uses every core.
 """
@@ -26,8 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
-
-from indexer.variants import (
+from tandem.bundle.variants import (
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
     VariantSpec,
@@ -35,7 +34,7 @@ from indexer.variants import (
     search_variant,
     write_index,
 )
-from server.funnel import rescore
+from tandem.server.funnel import rescore
 
 DIM = 768
 K = 10

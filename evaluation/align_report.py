@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from evaluation.dataset import EvalSet
-from evaluation.runner import EvalConfig, EvalResult, run_evaluation
-from indexer.bundle import Bundle
-from models.align import mean_cosine
-from models.embedding_cache import EmbeddingCache, encode_cached
-from models.encoder import Encoder
+from tandem.bundle.format import Bundle
+from tandem.evaluation.runner import EvalConfig, EvalResult, run_evaluation
+from tandem.models.embedding_cache import EmbeddingCache, encode_cached
+from tandem.models.encoder import Encoder
+from tandem.toolchain.align import mean_cosine
+
+from tandem.data.beir import EvalSet
 
 
 @dataclass(frozen=True)

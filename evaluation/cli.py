@@ -13,19 +13,19 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from evaluation.dataset import DatasetError, load_eval_set
-from evaluation.report import write_report
-from evaluation.runner import (
+from tandem.bundle.format import Bundle, BundleError, open_bundle
+from tandem.evaluation.report import write_report
+from tandem.evaluation.runner import (
     DEFAULT_OVERSAMPLE,
     BundleMismatchError,
     EvalConfig,
     EvalResult,
     run_evaluation,
 )
-from indexer.bundle import Bundle, BundleError, open_bundle
-from models.artifacts import ArtifactError, resolve_artifact
-from models.encoder import Device, Encoder, EncoderError
+from tandem.models.artifacts import ArtifactError, resolve_artifact
+from tandem.models.encoder import Device, Encoder, EncoderError
+
+from tandem.data.beir import DatasetError, load_eval_set
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -222,7 +222,7 @@ def align_report_command(
     ] = None,
 ) -> None:
     """Cosine to the teacher (held-out and eval queries) and asymmetric nDCG@10 per student."""
-    from evaluation.align_report import alignment_report, write_markdown
+    from tandem.evaluation.align_report import alignment_report, write_markdown
 
     try:
         eval_set = load_eval_set(dataset, split)

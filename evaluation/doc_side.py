@@ -10,11 +10,10 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
-
-from evaluation.index_cache import IndexCache, vectors_digest
-from indexer.bundle import Bundle
-from indexer.variants import VariantSpec
-from models.encoder import Encoder
+from tandem.bundle.format import Bundle
+from tandem.bundle.variants import VariantSpec
+from tandem.evaluation.index_cache import IndexCache, vectors_digest
+from tandem.models.encoder import Encoder
 
 logger = logging.getLogger(__name__)
 

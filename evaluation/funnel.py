@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-from indexer.variants import VariantSpec, search_variant
+from tandem.bundle.variants import VariantSpec, search_variant
 
 _RESCORE_CHUNK = 16  # queries per gather: 16 × 1000 candidates × 768 × 4 B ≈ 50 MB at most
 

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tandem.bundle import variants
+from tandem.bundle.variants import VariantSpec, build_index, read_index, write_index
 
-from indexer import variants
-from indexer.variants import VariantSpec, build_index, read_index, write_index
-from models.cache import stable_hash, tandem_home
+from tandem.home import stable_hash, tandem_home
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 from ir_measures import RR, R, nDCG
 
-from evaluation.dataset import Qrels
+from tandem.data.beir import Qrels
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from models.encoder import Encoder
-from models.pairing import PairingError, check_pair
+from tandem.models.encoder import Encoder
+from tandem.models.pairing import PairingError, check_pair
 
 Mode = Literal["teacher-symmetric", "student-symmetric", "asymmetric", "asymmetric-unaligned"]
 MODES: tuple[Mode, ...] = (

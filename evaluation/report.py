@@ -15,9 +15,9 @@ from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path
 
-from evaluation.modes import MODES
-from evaluation.references import TOLERANCE, published_ndcg10
-from evaluation.runner import EvalResult, ResultRow
+from tandem.evaluation.modes import MODES
+from tandem.evaluation.references import TOLERANCE, published_ndcg10
+from tandem.evaluation.runner import EvalResult, ResultRow
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Modes × variants → result rows: who embeds queries and documents, and how the index stores them.
 
-A mode that cannot run (see ``evaluation.modes``) is a row marked "n/a" with
+A mode that cannot run (see ``tandem.evaluation.modes``) is a row marked "n/a" with
 the reason, never a crash. Every embedding goes through the content-addressed
 cache and every built index through the index cache, so a second run with the
 same inputs only pays for search and the latency samples.
@@ -21,17 +21,17 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 import numpy.typing as npt
+from tandem.bundle.format import Bundle
+from tandem.bundle.variants import VariantError, VariantSpec
+from tandem.evaluation.doc_side import DocSide
+from tandem.evaluation.funnel import funnel_search
+from tandem.evaluation.metrics import DEPTH, evaluate, run_from_hits
+from tandem.evaluation.modes import Mode, ModePlan, plan_modes
+from tandem.evaluation.references import published_ndcg10
+from tandem.models.embedding_cache import EmbeddingCache, encode_cached
+from tandem.models.encoder import Encoder
 
-from evaluation.dataset import EvalSet
-from evaluation.doc_side import DocSide
-from evaluation.funnel import funnel_search
-from evaluation.metrics import DEPTH, evaluate, run_from_hits
-from evaluation.modes import Mode, ModePlan, plan_modes
-from evaluation.references import published_ndcg10
-from indexer.bundle import Bundle
-from indexer.variants import VariantError, VariantSpec
-from models.embedding_cache import EmbeddingCache, encode_cached
-from models.encoder import Encoder
+from tandem.data.beir import EvalSet
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""``python -m indexer`` runs the same commands as ``tandem index``."""
+"""``python -m tandem.indexer`` runs the same commands as ``tandem index``."""
 
-from indexer.cli import main
+from tandem.indexer.cli import main
 
 main()

@@ -34,8 +34,8 @@ from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-from indexer.bundle import (
+from tandem.bundle.docstore import DocReader, DocWriter, DuplicateIdError, length_order
+from tandem.bundle.format import (
     BundleStage,
     VariantInfo,
     VectorsDtype,
@@ -44,18 +44,18 @@ from indexer.bundle import (
     versions_dir,
     work_dir,
 )
-from indexer.corpus import CorpusStats, Doc, as_docs
-from indexer.docstore import DocReader, DocWriter, DuplicateIdError, length_order
-from indexer.variants import (
+from tandem.bundle.variants import (
     VariantSpec,
     build_index_with_params,
     parse_variants,
     write_index,
 )
-from indexer.vectorfile import VectorFile
-from models.cache import stable_hash, write_json_atomic
-from models.embedding_cache import EmbeddingCache, encode_cached
-from models.encoder import Encoder
+from tandem.bundle.vectorfile import VectorFile
+from tandem.models.embedding_cache import EmbeddingCache, encode_cached
+from tandem.models.encoder import Encoder
+
+from tandem.data.corpus import CorpusStats, Doc, as_docs
+from tandem.home import stable_hash, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

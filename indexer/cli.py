@@ -16,8 +16,9 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-
-from indexer.build import (
+from tandem.bundle.format import BundleError, open_bundle, open_root, verify_bundle
+from tandem.bundle.variants import VariantError, VariantSpec, parse_variants
+from tandem.indexer.build import (
     DEFAULT_BATCH_TOKENS,
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_MAX_BATCH,
@@ -25,9 +26,15 @@ from indexer.build import (
     EmbedSettings,
     build_bundle,
 )
-from indexer.bundle import BundleError, open_bundle, open_root, verify_bundle
-from indexer.console import rich_progress, say, stderr, stdout
-from indexer.corpus import (
+from tandem.indexer.update import add_documents, add_variants, delete_documents
+from tandem.models.artifacts import ArtifactError, resolve_artifact
+from tandem.models.card import ModelCard
+from tandem.models.embedding_cache import EmbeddingCache
+from tandem.models.encoder import Device, Encoder, EncoderError
+from tandem.models.sources import ModelSourceError
+
+from tandem.console import rich_progress, say, stderr, stdout
+from tandem.data.corpus import (
     BEIR_CORPUS,
     CorpusError,
     CorpusFormat,
@@ -36,13 +43,6 @@ from indexer.corpus import (
     corpus_signature,
     read_corpus,
 )
-from indexer.update import add_documents, add_variants, delete_documents
-from indexer.variants import VariantError, VariantSpec, parse_variants
-from models.artifacts import ArtifactError, resolve_artifact
-from models.card import ModelCard
-from models.embedding_cache import EmbeddingCache
-from models.encoder import Device, Encoder, EncoderError
-from models.sources import ModelSourceError
 
 logger = logging.getLogger(__name__)
 
@@ -466,7 +466,7 @@ def _print_info(path: Path, title: str | None) -> None:
 
 
 def main() -> None:
-    """Entry point for ``python -m indexer`` (same commands as ``tandem index``)."""
+    """Entry point for ``python -m tandem.indexer`` (same commands as ``tandem index``)."""
     from rich.logging import RichHandler
 
     logging.basicConfig(

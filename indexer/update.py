@@ -26,8 +26,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-from indexer.build import (
+from tandem.bundle.docstore import DocReader, DocWriter, DuplicateIdError, copy_subset, length_order
+from tandem.bundle.format import (
+    Bundle,
+    BundleStage,
+    VariantInfo,
+    create_vectors,
+    open_root,
+    root_lock,
+)
+from tandem.bundle.variants import (
+    add_vectors,
+    parse_variants,
+    read_index,
+    reserve_codes,
+    write_index,
+)
+from tandem.bundle.vectorfile import VectorFile
+from tandem.indexer.build import (
     VARIANT_CHUNK,
     BuildError,
     DocLike,
@@ -39,26 +55,10 @@ from indexer.build import (
     tandem_version,
     teacher_identity,
 )
-from indexer.bundle import (
-    Bundle,
-    BundleStage,
-    VariantInfo,
-    create_vectors,
-    open_root,
-    root_lock,
-)
-from indexer.corpus import CorpusStats, as_docs
-from indexer.docstore import DocReader, DocWriter, DuplicateIdError, copy_subset, length_order
-from indexer.variants import (
-    add_vectors,
-    parse_variants,
-    read_index,
-    reserve_codes,
-    write_index,
-)
-from indexer.vectorfile import VectorFile
-from models.embedding_cache import EmbeddingCache
-from models.encoder import Encoder
+from tandem.models.embedding_cache import EmbeddingCache
+from tandem.models.encoder import Encoder
+
+from tandem.data.corpus import CorpusStats, as_docs
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 An artifact is a folder with ``card.json``, ``tokenizer.json``, ``model.onnx``
 and, once quantized, ``model.int8.onnx``. Specs resolve in this order: an
 artifact folder; an aligned student by name (``$TANDEM_HOME/aligned/NAME``);
-anything ``models.sources`` resolves, exported on first use (needs the
+anything ``tandem.models.sources`` resolves, exported on first use (needs the
 ``export`` extra: torch is never needed once the artifact is cached).
 """
 
@@ -13,9 +13,10 @@ import logging
 from importlib.util import find_spec
 from pathlib import Path
 
-from models.cache import publish_dir, sha256_file, stable_hash, tandem_home
-from models.card import CARD_FILE
-from models.sources import ModelSource, resolve_source
+from tandem.models.card import CARD_FILE
+from tandem.models.sources import ModelSource, resolve_source
+
+from tandem.home import publish_dir, sha256_file, stable_hash, tandem_home
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def resolve_artifact(spec: str, export_if_missing: bool = True) -> Path:
             f"exporting {spec!r} to ONNX needs {', '.join(missing)}: "
             "run scripts/install.sh --export (or pip install 'tandem[export]')"
         )
-    from models.export import export_onnx
+    from tandem.toolchain.export import export_onnx
 
     logger.info("exporting %s to ONNX into %s", source.name, target)
     with publish_dir(target) as tmp:

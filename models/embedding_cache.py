@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
+from tandem.models.encoder import Encoder, TextKind
 
-from models.cache import tandem_home
-from models.encoder import Encoder, TextKind
+from tandem.home import tandem_home
 
 
 def text_key(text: str, kind: TextKind) -> bytes:

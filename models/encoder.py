@@ -18,9 +18,8 @@ from typing import Literal
 import numpy as np
 import numpy.typing as npt
 import onnxruntime as ort
+from tandem.models.card import ModelCard, Precision
 from tokenizers import Encoding, Tokenizer
-
-from models.card import ModelCard, Precision
 
 logger = logging.getLogger(__name__)
 

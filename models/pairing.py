@@ -7,7 +7,7 @@ nonsense, so it is refused unless an expert overrides it.
 
 from __future__ import annotations
 
-from models.card import ModelCard
+from tandem.models.card import ModelCard
 
 
 class PairingError(Exception):

@@ -7,7 +7,7 @@ A spec is one of:
   production pair on the hub (``snowflake-arctic-embed-m-v1.5`` teacher,
   ``mdbr-leaf-ir`` student, aligned by construction);
 - a hub id ``org/name``, downloaded with huggingface_hub when online.
-Exported ONNX artifacts are resolved one level up, in ``models.artifacts``.
+Exported ONNX artifacts are resolved one level up, in ``tandem.models.artifacts``.
 """
 
 from __future__ import annotations
@@ -23,8 +23,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from models.cache import publish_dir, stable_hash, tandem_home
-from models.card import Pooling
+from tandem.models.card import Pooling
+
+from tandem.home import publish_dir, stable_hash, tandem_home
 
 logger = logging.getLogger(__name__)
 

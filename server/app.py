@@ -24,8 +24,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-
-from server.errors import (
+from tandem.server.errors import (
     AdminDisabled,
     ModelNotFound,
     NotReady,
@@ -33,11 +32,11 @@ from server.errors import (
     error_responses,
     install_error_handlers,
 )
-from server.hotswap import Reloader
-from server.info import describe
-from server.metrics import Metrics
-from server.middleware import BodyLimitAndDisconnect, RequestMetrics
-from server.schemas import (
+from tandem.server.hotswap import Reloader
+from tandem.server.info import describe
+from tandem.server.metrics import Metrics
+from tandem.server.middleware import BodyLimitAndDisconnect, RequestMetrics
+from tandem.server.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
     EmbeddingData,
@@ -51,9 +50,9 @@ from server.schemas import (
     Timings,
     Usage,
 )
-from server.search import SearchService
-from server.settings import ServerSettings
-from server.state import StartupCheckError
+from tandem.server.search import SearchService
+from tandem.server.settings import ServerSettings
+from tandem.server.state import StartupCheckError
 
 logger = logging.getLogger(__name__)
 

@@ -33,10 +33,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-
-from models.encoder import Encoder, TokenBatch
-from server.errors import DeadlineExceeded, EncoderFailure, NotReady, Overloaded
-from server.metrics import Metrics
+from tandem.models.encoder import Encoder, TokenBatch
+from tandem.server.errors import DeadlineExceeded, EncoderFailure, NotReady, Overloaded
+from tandem.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

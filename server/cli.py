@@ -24,16 +24,15 @@ from typing import Annotated, Any, NoReturn
 import typer
 import uvicorn
 from pydantic import ValidationError
+from tandem.server.metrics import MULTIPROC_ENV
+from tandem.server.settings import ServerSettings
+from tandem.server.state import StartupCheckError, preflight
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from server.metrics import MULTIPROC_ENV
-from server.settings import ServerSettings
-from server.state import StartupCheckError, preflight
-
 logger = logging.getLogger(__name__)
 
-APP_FACTORY = "server.app:create_app_from_env"
+APP_FACTORY = "tandem.server.app:create_app_from_env"
 EXIT_CONFIG = 2
 
 
@@ -239,7 +238,7 @@ class Supervisor(Multiprocess):
 def log_config(level: str) -> dict[str, Any]:
     """uvicorn's logging config plus tandem's loggers, so workers log to stderr too."""
     config = copy.deepcopy(LOGGING_CONFIG)
-    for name in ("server", "models", "indexer"):
+    for name in ("tandem",):
         config["loggers"][name] = {
             "handlers": ["default"],
             "level": level.upper(),

@@ -16,8 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from server.schemas import ErrorBody
+from tandem.server.schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
 

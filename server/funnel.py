@@ -20,10 +20,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
-from indexer.bundle import Document
-from indexer.variants import search_variant
-from server.state import LoadedBundle
+from tandem.bundle.format import Document
+from tandem.bundle.variants import search_variant
+from tandem.server.state import LoadedBundle
 
 SCORE_CHUNK = 4096  # rows of stored vectors scored at once (12 MiB of float32 at 768 dims)
 

@@ -10,7 +10,7 @@ Several workers: every worker holds its own bundle, so a reload must reach
 all of them. The CLI gives them a shared ``control_dir`` holding a reload
 generation number; ``/admin/reload`` (answered by one worker) bumps it, and
 every worker polls it and reloads when it changes. SIGHUP sent to the
-supervisor is forwarded to every worker (see ``server.cli``).
+supervisor is forwarded to every worker (see ``tandem.server.cli``).
 """
 
 from __future__ import annotations
@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 import faiss
-
-from server.errors import ReloadFailed
-from server.metrics import Metrics
-from server.search import SearchService
-from server.settings import ServerSettings
-from server.state import LoadedBundle, load_bundle, resolve_version_dir, warm
+from tandem.server.errors import ReloadFailed
+from tandem.server.metrics import Metrics
+from tandem.server.search import SearchService
+from tandem.server.settings import ServerSettings
+from tandem.server.state import LoadedBundle, load_bundle, resolve_version_dir, warm
 
 logger = logging.getLogger(__name__)
 

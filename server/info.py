@@ -6,9 +6,8 @@ import os
 from typing import Any
 
 import faiss
-
-from server.search import SearchService
-from server.state import faiss_gpus
+from tandem.server.search import SearchService
+from tandem.server.state import faiss_gpus
 
 
 def describe(service: SearchService) -> dict[str, Any]:

@@ -12,9 +12,8 @@ from typing import Any
 
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from server.errors import error_body
-from server.metrics import Metrics
+from tandem.server.errors import error_body
+from tandem.server.metrics import Metrics
 
 # nginx's "client closed request": the client went away before the answer.
 CLIENT_CLOSED = 499

@@ -19,12 +19,11 @@ from concurrent.futures import ThreadPoolExecutor
 import faiss
 import numpy as np
 import numpy.typing as npt
-
-from indexer.bundle import BundleError
-from indexer.variants import truncate_normalize
-from models.encoder import Encoder, EncoderError, TokenBatch
-from server.batching import Embedded, MicroBatcher, merge_token_batches
-from server.errors import (
+from tandem.bundle.format import BundleError
+from tandem.bundle.variants import truncate_normalize
+from tandem.models.encoder import Encoder, EncoderError, TokenBatch
+from tandem.server.batching import Embedded, MicroBatcher, merge_token_batches
+from tandem.server.errors import (
     BundleFailure,
     DeadlineExceeded,
     EmptyQuery,
@@ -33,11 +32,11 @@ from server.errors import (
     ServerError,
     UnknownVariant,
 )
-from server.funnel import FunnelResult, SearchPlan, run_funnel
-from server.metrics import Metrics
-from server.schemas import FilterValue, Hit, SearchOptions, SearchResponse, Timings
-from server.settings import ServerSettings
-from server.state import (
+from tandem.server.funnel import FunnelResult, SearchPlan, run_funnel
+from tandem.server.metrics import Metrics
+from tandem.server.schemas import FilterValue, Hit, SearchOptions, SearchResponse, Timings
+from tandem.server.settings import ServerSettings
+from tandem.server.state import (
     LoadedBundle,
     StartupCheckError,
     load_bundle,

@@ -4,7 +4,7 @@ Every field is a ``tandem serve`` flag and a ``TANDEM_<FIELD>`` environment
 variable (pydantic-settings; flags win over the environment). The CLI hands
 the resolved settings to uvicorn workers through the environment, so a worker
 started by ``tandem serve`` and one started by ``uvicorn --factory
-server.app:create_app_from_env`` read exactly the same configuration.
+tandem.server.app:create_app_from_env`` read exactly the same configuration.
 """
 
 from __future__ import annotations

@@ -19,13 +19,12 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 import numpy.typing as npt
-
-from indexer.bundle import Bundle, BundleError, current_version_dir, open_bundle
-from indexer.variants import VariantError, VariantSpec, search_variant
-from models.artifacts import ArtifactError, resolve_artifact
-from models.card import ModelCard
-from models.pairing import PairingError, check_pair
-from models.sources import ModelSourceError
+from tandem.bundle.format import Bundle, BundleError, current_version_dir, open_bundle
+from tandem.bundle.variants import VariantError, VariantSpec, search_variant
+from tandem.models.artifacts import ArtifactError, resolve_artifact
+from tandem.models.card import ModelCard
+from tandem.models.pairing import PairingError, check_pair
+from tandem.models.sources import ModelSourceError
 
 logger = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ import logging
 import typer
 from rich.logging import RichHandler
 
-from indexer.cli import app as index_app
-from models.cli import app as models_app
-from server.cli import serve
 from tandem.demo import demo
+from tandem.indexer.cli import app as index_app
+from tandem.server.cli import serve
+from tandem.toolchain.cli import app as models_app
 
 app = typer.Typer(
     name="tandem",
@@ -26,7 +26,7 @@ app.command("serve", help="Serve /search over a bundle with an ONNX student.")(s
 app.command("demo", help="Index the sample corpus, serve it, print a curl.")(demo)
 
 try:
-    from evaluation.cli import align_report_command, eval_command
+    from tandem.evaluation.cli import align_report_command, eval_command
 except ImportError as missing:  # serving installs ship without the eval extra
     reason = str(missing)
 

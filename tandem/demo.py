@@ -44,12 +44,12 @@ def demo(
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the server.")] = True,
 ) -> None:
     """Pull, export, align, index the sample corpus, serve, and print a curl for /search."""
-    from indexer.build import build_bundle
-    from indexer.bundle import BundleError, open_bundle
-    from indexer.corpus import read_corpus
-    from models.alignment_job import gather_texts, run_alignment
-    from models.artifacts import resolve_artifact
-    from models.encoder import Encoder
+    from tandem.bundle.format import BundleError, open_bundle
+    from tandem.data.corpus import read_corpus
+    from tandem.indexer.build import build_bundle
+    from tandem.models.artifacts import resolve_artifact
+    from tandem.models.encoder import Encoder
+    from tandem.toolchain.alignment_job import gather_texts, run_alignment
 
     started = time.perf_counter()
     with console.status("1/4 pulling and exporting the teacher and the student (cached)"):

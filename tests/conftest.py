@@ -9,9 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
-from models.artifacts import resolve_artifact
-from models.encoder import Encoder
+from tandem.models.artifacts import resolve_artifact
+from tandem.models.encoder import Encoder
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
@@ -43,7 +42,7 @@ SAMPLE_PSEUDO_QUERIES = 800  # the same texts as `tandem demo`, so the caches ar
 
 @pytest.fixture(scope="session")
 def sample_texts():  # type: ignore[no-untyped-def]
-    from models.alignment_job import gather_texts
+    from tandem.toolchain.alignment_job import gather_texts
 
     return gather_texts(SAMPLES / "corpus.jsonl", SAMPLE_PSEUDO_QUERIES)
 
@@ -51,7 +50,7 @@ def sample_texts():  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="session")
 def aligned_student_dir(student_dir: Path, teacher_dir: Path, sample_texts) -> Path:  # type: ignore[no-untyped-def]
     """The student aligned to the teacher by a ridge adapter on the sample corpus (cached)."""
-    from models.alignment_job import run_alignment
+    from tandem.toolchain.alignment_job import run_alignment
 
     return run_alignment(student_dir, teacher_dir, sample_texts, "adapter", "test-sample-student")
 

@@ -167,7 +167,7 @@ def dockerignore_patterns() -> list[str]:
 
 def exposed_metric_names() -> set[str]:
     """Every sample name the server can expose (counters as *_total, histograms as *_bucket ...)."""
-    from server.metrics import Metrics
+    from tandem.server.metrics import Metrics
 
     suffixes = {
         "counter": ("_total", "_created"),

@@ -56,11 +56,11 @@ from deploykit import (
     tool,
     write_image_site,
 )
+from tandem.indexer.build import build_bundle
+from tandem.models.encoder import Encoder
+from tandem.server.settings import ServerSettings
 
-from indexer.build import build_bundle
-from indexer.corpus import read_corpus
-from models.encoder import Encoder
-from server.settings import ServerSettings
+from tandem.data.corpus import read_corpus
 
 API_KEY = "deploy-test-key"
 POD_LABELS = {"app.kubernetes.io/name": "tandem", "app.kubernetes.io/component": "server"}

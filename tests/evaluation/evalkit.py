@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.card import Alignment, ModelCard
-from models.encoder import Encoder
+from tandem.models.card import Alignment, ModelCard
+from tandem.models.encoder import Encoder
 
 
 def aligned_copy(source: Path, target: Path, teacher: Encoder, name: str) -> Path:

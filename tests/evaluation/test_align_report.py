@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 from evalkit import aligned_copy
+from tandem.evaluation.align_report import alignment_report
+from tandem.models.card import ModelCard
+from tandem.models.encoder import Encoder
 from typer.testing import CliRunner
 
-from evaluation.align_report import alignment_report
-from evaluation.dataset import load_eval_set
-from models.card import ModelCard
-from models.encoder import Encoder
 from tandem.cli import app
+from tandem.data.beir import load_eval_set
 
 pytestmark = pytest.mark.slow
 

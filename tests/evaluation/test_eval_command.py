@@ -8,15 +8,15 @@ from pathlib import Path
 import pytest
 import typer
 from evalkit import aligned_copy
+from tandem.bundle.format import open_bundle
+from tandem.evaluation.cli import eval_command
+from tandem.evaluation.modes import plan_modes
+from tandem.indexer.build import build_bundle
+from tandem.models.embedding_cache import EmbeddingCache
+from tandem.models.encoder import Encoder
 from typer.testing import CliRunner
 
-from evaluation.cli import eval_command
-from evaluation.modes import plan_modes
-from indexer.build import build_bundle
-from indexer.bundle import open_bundle
-from indexer.corpus import read_corpus
-from models.embedding_cache import EmbeddingCache
-from models.encoder import Encoder
+from tandem.data.corpus import read_corpus
 
 pytestmark = pytest.mark.slow
 

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from evaluation.funnel import funnel_search, rescore, sort_hits
-from evaluation.report import pareto_front, recommend
-from evaluation.runner import ResultRow
-from indexer.variants import VariantSpec, build_index
+from tandem.bundle.variants import VariantSpec, build_index
+from tandem.evaluation.funnel import funnel_search, rescore, sort_hits
+from tandem.evaluation.report import pareto_front, recommend
+from tandem.evaluation.runner import ResultRow
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tandem.evaluation.metrics import evaluate, per_query, run_from_hits
 
-from evaluation.dataset import DatasetError, load_eval_set
-from evaluation.metrics import evaluate, per_query, run_from_hits
+from tandem.data.beir import DatasetError, load_eval_set
 
 QRELS = {"q1": {"a": 2, "b": 1}, "q2": {"x": 1}}
 

@@ -15,12 +15,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 from indexkit import ALL_VARIANTS, QUERIES, corpus_rows, write_jsonl
+from tandem.bundle.format import Bundle, open_bundle
+from tandem.indexer.build import EmbedSettings, build_bundle
+from tandem.models.embedding_cache import EmbeddingCache, encode_cached
+from tandem.models.encoder import Encoder
 
-from indexer.build import EmbedSettings, build_bundle
-from indexer.bundle import Bundle, open_bundle
-from indexer.corpus import read_corpus
-from models.embedding_cache import EmbeddingCache, encode_cached
-from models.encoder import Encoder
+from tandem.data.corpus import read_corpus
 
 
 @pytest.fixture(scope="session")

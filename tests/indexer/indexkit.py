@@ -16,9 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-
-from indexer.variants import VariantSpec, truncate_normalize
-from models.card import ModelCard
+from tandem.bundle.variants import VariantSpec, truncate_normalize
+from tandem.models.card import ModelCard
 
 ALL_VARIANTS = [
     "f32-768",

@@ -37,9 +37,9 @@ SCRIPT = textwrap.dedent(
                 return int(line.split()[1]) * 1024
 
     from indexkit import HashEncoder
-    from indexer.build import EmbedSettings, build_bundle
-    from indexer.bundle import open_bundle
-    from indexer.corpus import Doc
+    from tandem.indexer.build import EmbedSettings, build_bundle
+    from tandem.bundle.format import open_bundle
+    from tandem.data.corpus import Doc
 
     baseline = status("VmRSS")
     docs = (Doc(f"doc{{i}}", f"synthetic document {{i}}", {{"shard": i % 10}}) for i in range({n}))

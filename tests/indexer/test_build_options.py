@@ -7,11 +7,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from indexkit import HashEncoder
+from tandem.bundle.format import open_bundle, verify_bundle
+from tandem.bundle.variants import VariantError
+from tandem.indexer.build import BuildError, build_bundle, default_variants
 
-from indexer.build import BuildError, build_bundle, default_variants
-from indexer.bundle import open_bundle, verify_bundle
-from indexer.corpus import Doc
-from indexer.variants import VariantError
+from tandem.data.corpus import Doc
 
 
 def docs(n: int) -> list[Doc]:

@@ -20,8 +20,7 @@ from indexkit import (
     exact_neighbors,
     recall_at_k,
 )
-
-from indexer.bundle import (
+from tandem.bundle.format import (
     FORMAT_VERSION,
     Bundle,
     BundleError,
@@ -30,9 +29,9 @@ from indexer.bundle import (
     open_bundle,
     verify_bundle,
 )
-from indexer.variants import VariantError, VariantSpec, search_variant
-from models.embedding_cache import EmbeddingCache
-from models.encoder import Encoder
+from tandem.bundle.variants import VariantError, VariantSpec, search_variant
+from tandem.models.embedding_cache import EmbeddingCache
+from tandem.models.encoder import Encoder
 
 EXACT = ["f32-768", "f32-256", "f32-64", "bin-768", "bin-256"]
 GRAPH = ["f32-768-hnsw", "f32-256-hnsw", "bin-768-hnsw"]
@@ -211,7 +210,7 @@ def test_open_checks_format_version_and_shapes(session_root: Path, tmp_path: Pat
 
 def test_cache_holds_every_document_vector(bundle: Bundle, teacher: Encoder) -> None:
     """The embedding cache is the checkpoint store: every stored row is in it, unchanged."""
-    from models.embedding_cache import text_key
+    from tandem.models.embedding_cache import text_key
 
     cache = EmbeddingCache.for_encoder(teacher)
     texts = [d.text for d in bundle.documents(range(bundle.n_docs))]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 from indexkit import corpus_rows, write_jsonl
 
-from indexer.corpus import CorpusError, CorpusStats, Doc, TextFields, as_doc, read_corpus
+from tandem.data.corpus import CorpusError, CorpusStats, Doc, TextFields, as_doc, read_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 SCIFACT = REPO.parent / "shared" / "data" / "scifact"

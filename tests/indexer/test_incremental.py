@@ -7,9 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from indexkit import NEW_DOCS, HashEncoder, assert_exact_topk, exact_neighbors
-
-from indexer.build import BuildError
-from indexer.bundle import (
+from tandem.bundle.format import (
     Bundle,
     BundleError,
     current_version_dir,
@@ -18,11 +16,13 @@ from indexer.bundle import (
     root_lock,
     verify_bundle,
 )
-from indexer.corpus import Doc
-from indexer.update import add_documents, add_variants, delete_documents
-from indexer.variants import search_variant
-from models.embedding_cache import EmbeddingCache
-from models.encoder import Encoder
+from tandem.bundle.variants import search_variant
+from tandem.indexer.build import BuildError
+from tandem.indexer.update import add_documents, add_variants, delete_documents
+from tandem.models.embedding_cache import EmbeddingCache
+from tandem.models.encoder import Encoder
+
+from tandem.data.corpus import Doc
 
 EXACT = ["f32-768", "f32-256", "f32-64", "bin-768", "bin-256", "f32-768-hnsw", "bin-768-hnsw"]
 

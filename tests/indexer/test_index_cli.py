@@ -7,10 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from tandem.bundle.format import current_version_dir, open_bundle
+from tandem.indexer.cli import app
 from typer.testing import CliRunner
-
-from indexer.bundle import current_version_dir, open_bundle
-from indexer.cli import app
 
 runner = CliRunner()
 

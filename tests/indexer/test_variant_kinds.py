@@ -8,8 +8,7 @@ import faiss
 import numpy as np
 import pytest
 from indexkit import assert_exact_topk, exact_neighbors, recall_at_k
-
-from indexer.variants import (
+from tandem.bundle.variants import (
     VariantError,
     VariantSpec,
     build_index,
@@ -20,7 +19,7 @@ from indexer.variants import (
     truncate_normalize,
     write_index,
 )
-from indexer.vectorfile import VectorFile, create_npy
+from tandem.bundle.vectorfile import VectorFile, create_npy
 
 DIM = 64
 

@@ -16,10 +16,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
 from serverkit import API_KEY, ServerProcess, running_server  # noqa: E402
+from tandem.indexer.build import build_bundle  # noqa: E402
+from tandem.models.encoder import Encoder  # noqa: E402
 
-from indexer.build import build_bundle  # noqa: E402
-from indexer.corpus import read_corpus  # noqa: E402
-from models.encoder import Encoder  # noqa: E402
+from tandem.data.corpus import read_corpus  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 N_DOCS = 20

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from models.align import (
+from tandem.models.card import ModelCard
+from tandem.models.encoder import Encoder
+from tandem.models.pairing import PairingError, check_pair
+from tandem.toolchain.align import (
     Adapter,
     AlignTexts,
     fit_adapter,
@@ -17,10 +19,7 @@ from models.align import (
     pseudo_queries,
     split_rows,
 )
-from models.alignment_job import run_alignment
-from models.card import ModelCard
-from models.encoder import Encoder
-from models.pairing import PairingError, check_pair
+from tandem.toolchain.alignment_job import run_alignment
 
 
 def test_pseudo_queries_are_short_spans_of_the_passages() -> None:
@@ -99,7 +98,7 @@ def test_distillation_trains_exports_and_passes_parity(
     student_dir: Path, teacher_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A few LEAF steps on a small text set: lower loss, a parity-checked ONNX, a card."""
-    from models.distill import DistillConfig
+    from tandem.toolchain.distill import DistillConfig
 
     texts = AlignTexts(
         queries=pseudo_queries(_SMALL_PASSAGES, 60, seed=0),
@@ -119,7 +118,7 @@ def test_distillation_trains_exports_and_passes_parity(
 
 
 def test_schedule_follows_the_time_budget_when_it_runs_out_first() -> None:
-    from models.distill import lr_factor, training_progress
+    from tandem.toolchain.distill import lr_factor, training_progress
 
     assert training_progress(50, 100, minutes=1.0, max_minutes=None) == 0.5
     assert training_progress(50, 100, minutes=1.0, max_minutes=10.0) == 0.5  # steps lead
@@ -130,7 +129,7 @@ def test_schedule_follows_the_time_budget_when_it_runs_out_first() -> None:
 
 
 def test_length_bucketed_batches_cover_every_row_and_cut_padding() -> None:
-    from models.distill import length_bucketed_batches
+    from tandem.toolchain.distill import length_bucketed_batches
 
     rng = np.random.default_rng(3)
     lengths = np.concatenate([rng.integers(4, 20, 900), rng.integers(100, 129, 300)])

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from models.artifacts import resolve_artifact
-from models.card import ModelCard
-from models.encoder import Encoder, plan_batches
-from models.export import PARITY_MIN_COSINE, PARITY_TEXTS
-from models.sources import resolve_source
+from tandem.models.artifacts import resolve_artifact
+from tandem.models.card import ModelCard
+from tandem.models.encoder import Encoder, plan_batches
+from tandem.models.sources import resolve_source
+from tandem.toolchain.export import PARITY_MIN_COSINE, PARITY_TEXTS
 
 TEXTS = [
     "vitamin d deficiency",

@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-from models.card import ModelCard
-from models.encoder import Encoder
-from models.quantize import (
+from tandem.models.card import ModelCard
+from tandem.models.encoder import Encoder
+from tandem.toolchain.quantize import (
     INT8_FILE,
     QuantConfig,
     QuantizationRefused,

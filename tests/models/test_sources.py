@@ -6,8 +6,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-
-from models.sources import BUILTINS, ModelSourceError, join_split_zip, resolve_source
+from tandem.models.sources import BUILTINS, ModelSourceError, join_split_zip, resolve_source
 
 
 def test_offline_builtins_resolve_to_model_folders() -> None:

@@ -16,9 +16,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
 
 from serverkit import sample_docs  # noqa: E402
-
-from indexer.build import build_bundle  # noqa: E402
-from models.encoder import Encoder  # noqa: E402
+from tandem.indexer.build import build_bundle  # noqa: E402
+from tandem.models.encoder import Encoder  # noqa: E402
 
 VARIANTS = ["f32-768", "f32-256", "bin-768"]
 

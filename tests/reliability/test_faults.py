@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 from serverkit import free_port
+from tandem.bundle.format import open_bundle, verify_bundle
 from typer.testing import CliRunner
 
-from indexer.bundle import open_bundle, verify_bundle
 from tandem.cli import app as tandem_app
 
 pytestmark = pytest.mark.slow

@@ -22,11 +22,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 from serverkit import API_KEY, QUERIES, ServerProcess, free_port, metric, running_server, scrape
+from tandem.bundle.format import BundleError, open_bundle, verify_bundle
+from tandem.server.app import create_app
+from tandem.server.settings import ServerSettings
 from typer.testing import CliRunner
 
-from indexer.bundle import BundleError, open_bundle, verify_bundle
-from server.app import create_app
-from server.settings import ServerSettings
 from tandem.cli import app as tandem_app
 
 pytestmark = pytest.mark.slow

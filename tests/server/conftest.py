@@ -14,9 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 from serverkit import API_KEY, VARIANTS, ServerProcess, running_server, sample_docs
-
-from indexer.build import build_bundle
-from models.encoder import Encoder
+from tandem.indexer.build import build_bundle
+from tandem.models.encoder import Encoder
 
 
 @pytest.fixture(scope="session")

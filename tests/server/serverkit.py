@@ -16,10 +16,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from tandem.bundle.format import Bundle
+from tandem.bundle.variants import query_codes, truncate_normalize
 
-from indexer.bundle import Bundle
-from indexer.corpus import Doc, read_corpus
-from indexer.variants import query_codes, truncate_normalize
+from tandem.data.corpus import Doc, read_corpus
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples"

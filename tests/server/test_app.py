@@ -16,10 +16,9 @@ import httpx
 import numpy as np
 import pytest
 from serverkit import API_KEY, QUERIES
-
-from models.encoder import Encoder
-from server.app import create_app
-from server.settings import ServerSettings
+from tandem.models.encoder import Encoder
+from tandem.server.app import create_app
+from tandem.server.settings import ServerSettings
 
 pytestmark = pytest.mark.anyio
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

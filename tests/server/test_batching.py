@@ -7,11 +7,10 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-
-from models.encoder import Encoder, TokenBatch
-from server.batching import MicroBatcher, merge_token_batches
-from server.errors import DeadlineExceeded, EncoderFailure, Overloaded
-from server.metrics import Metrics
+from tandem.models.encoder import Encoder, TokenBatch
+from tandem.server.batching import MicroBatcher, merge_token_batches
+from tandem.server.errors import DeadlineExceeded, EncoderFailure, Overloaded
+from tandem.server.metrics import Metrics
 
 TEXTS = [
     "a short query",

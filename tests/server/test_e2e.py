@@ -18,9 +18,8 @@ from serverkit import (
     metric,
     scrape,
 )
-
-from indexer.bundle import open_bundle
-from models.encoder import Encoder
+from tandem.bundle.format import open_bundle
+from tandem.models.encoder import Encoder
 
 pytestmark = pytest.mark.slow
 K, OVERSAMPLE = 5, 2

@@ -16,11 +16,10 @@ from serverkit import (
     exact_reference,
     first_pass_reference,
 )
-
-from indexer.bundle import Bundle
-from models.encoder import Encoder
-from server.funnel import SearchPlan, run_funnel
-from server.state import (
+from tandem.bundle.format import Bundle
+from tandem.models.encoder import Encoder
+from tandem.server.funnel import SearchPlan, run_funnel
+from tandem.server.state import (
     LoadedBundle,
     StartupCheckError,
     faiss_gpus,

@@ -11,16 +11,15 @@ import anyio
 import httpx
 import pytest
 from serverkit import QUERIES, publish_broken, sample_docs
-
-from indexer.build import build_bundle
-from models.encoder import Encoder
-from server.app import create_app
-from server.funnel import SearchPlan, run_funnel
-from server.hotswap import Reloader
-from server.schemas import SearchOptions
-from server.search import SearchService
-from server.settings import ServerSettings
-from server.state import load_bundle, resolve_version_dir
+from tandem.indexer.build import build_bundle
+from tandem.models.encoder import Encoder
+from tandem.server.app import create_app
+from tandem.server.funnel import SearchPlan, run_funnel
+from tandem.server.hotswap import Reloader
+from tandem.server.schemas import SearchOptions
+from tandem.server.search import SearchService
+from tandem.server.settings import ServerSettings
+from tandem.server.state import load_bundle, resolve_version_dir
 
 pytestmark = pytest.mark.anyio
 VARIANTS = ["f32-768", "bin-768"]

@@ -7,9 +7,8 @@ import json
 from typing import Any
 
 import pytest
-
-from server.metrics import Metrics
-from server.middleware import BodyLimitAndDisconnect, RequestMetrics
+from tandem.server.metrics import Metrics
+from tandem.server.middleware import BodyLimitAndDisconnect, RequestMetrics
 
 pytestmark = pytest.mark.anyio
 SCOPE = {"type": "http", "method": "POST", "path": "/search", "headers": []}

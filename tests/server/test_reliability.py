@@ -12,9 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 from serverkit import API_KEY, QUERIES, metric, publish_broken, running_server, sample_docs, scrape
-
-from indexer.build import build_bundle
-from models.encoder import Encoder
+from tandem.indexer.build import build_bundle
+from tandem.models.encoder import Encoder
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -6,9 +6,8 @@ import inspect
 from pathlib import Path
 
 import pytest
-
-from server.cli import serve
-from server.settings import ServerSettings
+from tandem.server.cli import serve
+from tandem.server.settings import ServerSettings
 
 
 def test_every_field_is_a_flag_and_every_flag_a_field() -> None:

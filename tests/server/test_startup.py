@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 from serverkit import free_port, serve_command
+from tandem.server.state import StartupCheckError, preflight
 from typer.testing import CliRunner
 
-from server.state import StartupCheckError, preflight
 from tandem.cli import app
 
 pytestmark = pytest.mark.slow
@@ -75,7 +75,7 @@ def test_uvicorn_factory_refuses_too(tmp_path: Path, bundle_root: Path, student_
         sys.executable,
         "-m",
         "uvicorn",
-        "server.app:create_app_from_env",
+        "tandem.server.app:create_app_from_env",
         "--factory",
         "--host",
         "127.0.0.1",

@@ -9,11 +9,10 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-
-from models.artifacts import ArtifactError, resolve_artifact
-from models.card import ModelCard
-from models.encoder import EncoderError
-from models.sources import BUILTINS, ModelSourceError, resolve_source
+from tandem.models.artifacts import ArtifactError, resolve_artifact
+from tandem.models.card import ModelCard
+from tandem.models.encoder import EncoderError
+from tandem.models.sources import BUILTINS, ModelSourceError, resolve_source
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -63,7 +62,7 @@ def quantize(
     min_cosine: Annotated[float, typer.Option(help="Guard: worst text's cosine to fp32.")] = 0.95,
 ) -> None:
     """Make an int8 variant: weight-only MatMuls per channel, tried from most to least quantized."""
-    from models.quantize import QuantizationRefused, quantize_best
+    from tandem.toolchain.quantize import QuantizationRefused, quantize_best
 
     try:
         folder = resolve_artifact(spec)
@@ -149,8 +148,8 @@ def align(
     quantize_int8: Annotated[bool, typer.Option("--int8/--no-int8")] = True,
 ) -> None:
     """Align a student to a teacher's space; the result serves as `--student NAME`."""
-    from models.alignment_job import gather_texts, run_alignment
-    from models.distill import DistillConfig
+    from tandem.toolchain.alignment_job import gather_texts, run_alignment
+    from tandem.toolchain.distill import DistillConfig
 
     if method not in ("adapter", "distill"):
         raise _fail(ValueError(f"--method must be adapter or distill, not {method!r}"))

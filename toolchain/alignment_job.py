@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-
-from models.align import (
+from tandem.models.artifacts import aligned_dir
+from tandem.models.card import Alignment, ModelCard
+from tandem.models.encoder import Encoder
+from tandem.toolchain.align import (
     Adapter,
     AlignTexts,
     align_adapter,
@@ -26,11 +28,9 @@ from models.align import (
     split_rows,
     write_aligned_artifact,
 )
-from models.artifacts import aligned_dir
-from models.cache import publish_dir, stable_hash
-from models.card import Alignment, ModelCard
-from models.distill import DistillConfig
-from models.encoder import Encoder
+from tandem.toolchain.distill import DistillConfig
+
+from tandem.home import publish_dir, stable_hash
 
 logger = logging.getLogger(__name__)
 
@@ -45,13 +45,13 @@ def gather_texts(path: Path, n_pseudo: int = 8000, seed: int = 0) -> AlignTexts:
     from passages. From a bundle, passages come with their teacher vectors, so
     the teacher never embeds them twice.
     """
-    from indexer.corpus import read_corpus
+    from tandem.data.corpus import read_corpus
 
     path = Path(path)
     train_queries: list[str] = []
     vectors = None
     if (path / "manifest.json").exists() or (path / "current").exists():
-        from indexer.bundle import open_bundle
+        from tandem.bundle.format import open_bundle
 
         bundle = open_bundle(path)
         docs = bundle.documents(range(bundle.n_docs))
@@ -60,7 +60,7 @@ def gather_texts(path: Path, n_pseudo: int = 8000, seed: int = 0) -> AlignTexts:
     else:
         passages = [doc.text for doc in read_corpus(path, skip_bad=True)]
         if (path / "qrels" / "train.tsv").exists():
-            from evaluation.dataset import load_eval_set
+            from tandem.data.beir import load_eval_set
 
             train_queries = load_eval_set(path, "train").query_texts
     queries = train_queries + pseudo_queries(passages, n_pseudo, seed)
@@ -119,7 +119,7 @@ def run_alignment(
 
 
 def _maybe_quantize(path: Path, quantize: bool) -> None:
-    from models.quantize import QuantizationRefused, quantize_best
+    from tandem.toolchain.quantize import QuantizationRefused, quantize_best
 
     card = ModelCard.load(path)
     if not quantize or card.int8 is not None:
@@ -140,9 +140,9 @@ def _distill_into(
     key: str,
     out_name: str,
 ) -> ModelCard:
-    from models.distill import build_student, distill
-    from models.export import check_parity, export_module
-    from models.sources import resolve_source
+    from tandem.models.sources import resolve_source
+    from tandem.toolchain.distill import build_student, distill
+    from tandem.toolchain.export import check_parity, export_module
 
     student = Encoder(student_dir, device="cpu")
     teacher = Encoder(teacher_dir, device="cpu")

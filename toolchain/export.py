@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tandem.models.card import ModelCard
+from tandem.models.encoder import INPUT_NAMES, OUTPUT_NAME, Encoder, TokenBatch
+from tandem.models.sources import ModelSource
 
-from models.cache import sha256_file
-from models.card import ModelCard
-from models.encoder import INPUT_NAMES, OUTPUT_NAME, Encoder, TokenBatch
-from models.sources import ModelSource
+from tandem.home import sha256_file
 
 if TYPE_CHECKING:
     import torch

@@ -27,8 +27,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from indexer.errors import BundleError
-from models.cache import fsync_tree
+from tandem.bundle.errors import BundleError
+
+from tandem.home import fsync_tree
 
 logger = logging.getLogger(__name__)
 

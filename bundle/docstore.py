@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from indexer.corpus import Doc
+from tandem.data.corpus import Doc
 
 SCHEMA = """
 CREATE TABLE docs (

@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
+from tandem.models.sources import ModelSource
+from tandem.toolchain.align import Adapter
 from tokenizers import Tokenizer
-
-from models.align import Adapter
-from models.sources import ModelSource
 
 if TYPE_CHECKING:
     import torch
@@ -69,8 +68,7 @@ def _device(name: str) -> str:
 def build_student(source: ModelSource, adapter: Adapter) -> torch.nn.Module:
     """normalize(projection(normalize(student(x)))), projection initialised from the adapter."""
     import torch
-
-    from models.export import pooled_module
+    from tandem.toolchain.export import pooled_module
 
     class ProjectedStudent(torch.nn.Module):
         def __init__(self) -> None:

@@ -1,7 +1,7 @@
 """Terminal output for ``tandem index``: progress bars with docs/s and ETA, one-line messages.
 
 Library code reports progress through the small ``Progress`` protocol of
-``indexer.build``; only the CLI turns it into rich output, on stderr, so
+``tandem.indexer.build``; only the CLI turns it into rich output, on stderr, so
 stdout stays clean for ``info --json``.
 """
 

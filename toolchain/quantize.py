@@ -20,10 +20,9 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-
-from models.card import ModelCard, QuantizedFile
-from models.encoder import Encoder
-from models.export import PARITY_TEXTS
+from tandem.models.card import ModelCard, QuantizedFile
+from tandem.models.encoder import Encoder
+from tandem.toolchain.export import PARITY_TEXTS
 
 logger = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ on paired embeddings of the same texts (lambda chosen on a validation split,
 quality reported on a held-out split) and appends it to the student's ONNX
 graph (MatMul, Add, L2 normalize), so the served student emits teacher-space
 vectors directly and nothing downstream knows an adapter exists.
-The quality path, LEAF distillation, lives in ``models.distill`` and starts
+The quality path, LEAF distillation, lives in ``tandem.toolchain.distill`` and starts
 from this adapter.
 """
 
@@ -23,11 +23,11 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
+from tandem.models.card import Alignment, ModelCard
+from tandem.models.embedding_cache import EmbeddingCache, encode_cached
+from tandem.models.encoder import OUTPUT_NAME, Encoder, TextKind
 
-from models.cache import sha256_file, stable_hash
-from models.card import Alignment, ModelCard
-from models.embedding_cache import EmbeddingCache, encode_cached
-from models.encoder import OUTPUT_NAME, Encoder, TextKind
+from tandem.home import sha256_file, stable_hash
 
 logger = logging.getLogger(__name__)
 

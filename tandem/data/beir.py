@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from indexer.corpus import BEIR_CORPUS, CorpusError, read_corpus
+from tandem.data.corpus import BEIR_CORPUS, CorpusError, read_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def _jsonl(path: Path) -> Iterator[dict[str, object]]:
 
 
 def load_corpus(folder: Path) -> Corpus:
-    """Read ``corpus.jsonl`` through ``indexer.corpus``: one definition of ids and templates.
+    """Read ``corpus.jsonl`` through ``tandem.data.corpus``: one definition of ids and templates.
 
     Rows the indexer cannot use (no id, empty text) are skipped and logged by
     the reader, exactly as an index build with ``--skip-bad`` would.

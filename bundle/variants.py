@@ -287,7 +287,7 @@ def add_vectors(
     """Append rows ``start:`` of full-dim vectors to a trained index, chunk by chunk.
 
     ``vectors`` may be an array, a memmap or anything sliceable by row ranges
-    (e.g. :class:`indexer.vectorfile.VectorFile`); only one chunk is in RAM.
+    (e.g. :class:`tandem.bundle.vectorfile.VectorFile`); only one chunk is in RAM.
     """
     for begin in range(start, vectors.shape[0], max(1, chunk)):
         part = vectors[begin : begin + chunk]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from indexer.variants import VariantError
+from tandem.bundle.variants import VariantError
 
 
 class BundleError(Exception):

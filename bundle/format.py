@@ -34,12 +34,11 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 from pydantic import BaseModel, Field, ValidationError
-
-from indexer.docstore import DocReader, Document, FilterValue
-from indexer.errors import BundleError, UnknownVariantError
-from indexer.variants import VariantSpec, read_index
-from indexer.vectorfile import VectorFile, create_npy
-from indexer.versions import (
+from tandem.bundle.docstore import DocReader, Document, FilterValue
+from tandem.bundle.errors import BundleError, UnknownVariantError
+from tandem.bundle.variants import VariantSpec, read_index
+from tandem.bundle.vectorfile import VectorFile, create_npy
+from tandem.bundle.versions import (
     current_version_dir,
     discard_stage,
     is_root,
@@ -51,7 +50,8 @@ from indexer.versions import (
     versions_dir,
     work_dir,
 )
-from models.cache import sha256_file
+
+from tandem.home import sha256_file
 
 logger = logging.getLogger(__name__)
 
