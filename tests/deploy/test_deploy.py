@@ -38,7 +38,12 @@ import kubernetes_validate
 import promql_parser
 import pytest
 import yaml
-from deploykit import (
+from tandem.indexer.build import build_bundle
+from tandem.models.encoder import Encoder
+from tandem.server.settings import ServerSettings
+
+from tandem.data.corpus import read_corpus
+from tests.support.deploy import (
     COMPONENTS,
     DEPLOY,
     DOCKERFILES,
@@ -56,11 +61,6 @@ from deploykit import (
     tool,
     write_image_site,
 )
-from tandem.indexer.build import build_bundle
-from tandem.models.encoder import Encoder
-from tandem.server.settings import ServerSettings
-
-from tandem.data.corpus import read_corpus
 
 API_KEY = "deploy-test-key"
 POD_LABELS = {"app.kubernetes.io/name": "tandem", "app.kubernetes.io/component": "server"}

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from evalkit import aligned_copy
 from tandem.evaluation.align_report import alignment_report
 from tandem.models.card import ModelCard
 from tandem.models.encoder import Encoder
@@ -13,6 +12,7 @@ from typer.testing import CliRunner
 
 from tandem.cli import app
 from tandem.data.beir import load_eval_set
+from tests.support.evaluation import aligned_copy
 
 pytestmark = pytest.mark.slow
 

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import typer
-from evalkit import aligned_copy
 from tandem.bundle.format import open_bundle
 from tandem.evaluation.cli import eval_command
 from tandem.evaluation.modes import plan_modes
@@ -17,6 +16,7 @@ from tandem.models.encoder import Encoder
 from typer.testing import CliRunner
 
 from tandem.data.corpus import read_corpus
+from tests.support.evaluation import aligned_copy
 
 pytestmark = pytest.mark.slow
 

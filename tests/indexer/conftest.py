@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 import pytest
-from indexkit import ALL_VARIANTS, QUERIES, corpus_rows, write_jsonl
 from tandem.bundle.format import Bundle, open_bundle
 from tandem.indexer.build import EmbedSettings, build_bundle
 from tandem.models.embedding_cache import EmbeddingCache, encode_cached
 from tandem.models.encoder import Encoder
 
 from tandem.data.corpus import read_corpus
+from tests.support.index import ALL_VARIANTS, QUERIES, corpus_rows, write_jsonl
 
 
 @pytest.fixture(scope="session")

@@ -29,14 +29,14 @@ SCRIPT = textwrap.dedent(
     """
     import json, sys
     from pathlib import Path
-    sys.path.insert(0, {tests!r})
+    sys.path.insert(0, {tests!r})  # the repository root, so tests.support imports
 
     def status(field):
         for line in open("/proc/self/status"):
             if line.startswith(field + ":"):
                 return int(line.split()[1]) * 1024
 
-    from indexkit import HashEncoder
+    from tests.support.index import HashEncoder
     from tandem.indexer.build import EmbedSettings, build_bundle
     from tandem.bundle.format import open_bundle
     from tandem.data.corpus import Doc
@@ -59,7 +59,10 @@ SCRIPT = textwrap.dedent(
 @pytest.mark.slow
 def test_100k_synthetic_build_stays_under_the_stated_rss(tmp_path: Path) -> None:
     script = SCRIPT.format(
-        tests=str(Path(__file__).parent), n=N_DOCS, dim=DIM, root=str(tmp_path / "root")
+        tests=str(Path(__file__).resolve().parents[2]),
+        n=N_DOCS,
+        dim=DIM,
+        root=str(tmp_path / "root"),
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-4000:]

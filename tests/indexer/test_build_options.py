@@ -6,12 +6,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from indexkit import HashEncoder
 from tandem.bundle.format import open_bundle, verify_bundle
 from tandem.bundle.variants import VariantError
 from tandem.indexer.build import BuildError, build_bundle, default_variants
 
 from tandem.data.corpus import Doc
+from tests.support.index import HashEncoder
 
 
 def docs(n: int) -> list[Doc]:

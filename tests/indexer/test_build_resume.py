@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from indexkit import TOPICS, HashEncoder, write_jsonl
 from tandem.bundle.format import open_bundle, verify_bundle
 from tandem.indexer.build import BuildError, EmbedSettings, build_bundle
 from tandem.models.embedding_cache import EmbeddingCache
 from tandem.models.encoder import Encoder
 
 from tandem.data.corpus import Doc, read_corpus
+from tests.support.index import TOPICS, HashEncoder, write_jsonl
 
 SENTENCES = [s for sentences in TOPICS.values() for s in sentences]
 

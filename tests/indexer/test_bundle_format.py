@@ -12,14 +12,6 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 import pytest
-from indexkit import (
-    ALL_VARIANTS,
-    QUERIES,
-    assert_exact_topk,
-    corpus_rows,
-    exact_neighbors,
-    recall_at_k,
-)
 from tandem.bundle.format import (
     FORMAT_VERSION,
     Bundle,
@@ -32,6 +24,15 @@ from tandem.bundle.format import (
 from tandem.bundle.variants import VariantError, VariantSpec, search_variant
 from tandem.models.embedding_cache import EmbeddingCache
 from tandem.models.encoder import Encoder
+
+from tests.support.index import (
+    ALL_VARIANTS,
+    QUERIES,
+    assert_exact_topk,
+    corpus_rows,
+    exact_neighbors,
+    recall_at_k,
+)
 
 EXACT = ["f32-768", "f32-256", "f32-64", "bin-768", "bin-256"]
 GRAPH = ["f32-768-hnsw", "f32-256-hnsw", "bin-768-hnsw"]

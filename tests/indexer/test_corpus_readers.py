@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from indexkit import corpus_rows, write_jsonl
 
 from tandem.data.corpus import CorpusError, CorpusStats, Doc, TextFields, as_doc, read_corpus
+from tests.support.index import corpus_rows, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
 SCIFACT = REPO.parent / "shared" / "data" / "scifact"

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from indexkit import NEW_DOCS, HashEncoder, assert_exact_topk, exact_neighbors
 from tandem.bundle.format import (
     Bundle,
     BundleError,
@@ -23,6 +22,7 @@ from tandem.models.embedding_cache import EmbeddingCache
 from tandem.models.encoder import Encoder
 
 from tandem.data.corpus import Doc
+from tests.support.index import NEW_DOCS, HashEncoder, assert_exact_topk, exact_neighbors
 
 EXACT = ["f32-768", "f32-256", "f32-64", "bin-768", "bin-256", "f32-768-hnsw", "bin-768-hnsw"]
 

@@ -7,7 +7,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from indexkit import assert_exact_topk, exact_neighbors, recall_at_k
 from tandem.bundle.variants import (
     VariantError,
     VariantSpec,
@@ -20,6 +19,8 @@ from tandem.bundle.variants import (
     write_index,
 )
 from tandem.bundle.vectorfile import VectorFile, create_npy
+
+from tests.support.index import assert_exact_topk, exact_neighbors, recall_at_k
 
 DIM = 64
 

@@ -1,25 +1,21 @@
 """Load-test fixtures: a 20-document bundle and a real server, once per module.
 
-The server is started with tests/server/serverkit.py (the same helper the
-server tests use), hence the path entry: test folders are not packages.
+The server is started with tests/support/server.py (the same helper the
+server tests use).
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from itertools import islice
 from pathlib import Path
 
 import pytest
+from tandem.indexer.build import build_bundle
+from tandem.models.encoder import Encoder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-
-from serverkit import API_KEY, ServerProcess, running_server  # noqa: E402
-from tandem.indexer.build import build_bundle  # noqa: E402
-from tandem.models.encoder import Encoder  # noqa: E402
-
-from tandem.data.corpus import read_corpus  # noqa: E402
+from tandem.data.corpus import read_corpus
+from tests.support.server import API_KEY, ServerProcess, running_server
 
 REPO = Path(__file__).resolve().parents[2]
 N_DOCS = 20

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from serverkit import API_KEY, ServerProcess
+
+from tests.support.server import API_KEY, ServerProcess
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]

@@ -1,23 +1,20 @@
 """Reliability fixtures: a small bundle and real ``tandem serve`` processes on 127.0.0.1.
 
-Servers are started with tests/server/serverkit.py (the helper the server and
-load tests use), hence the path entry: test folders are not packages. The
+Servers are started with tests/support/server.py (the helper the server and
+load tests use). The
 bundle holds the first 40 sample documents (teacher vectors come from the
 shared embedding cache, so reruns cost no teacher time).
 """
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
+from tandem.indexer.build import build_bundle
+from tandem.models.encoder import Encoder
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "server"))
-
-from serverkit import sample_docs  # noqa: E402
-from tandem.indexer.build import build_bundle  # noqa: E402
-from tandem.models.encoder import Encoder  # noqa: E402
+from tests.support.server import sample_docs
 
 VARIANTS = ["f32-768", "f32-256", "bin-768"]
 

@@ -16,7 +16,8 @@ from typing import Any
 
 import httpx
 import pytest
-from serverkit import API_KEY, QUERIES, ServerProcess, running_server, scrape
+
+from tests.support.server import API_KEY, QUERIES, ServerProcess, running_server, scrape
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from serverkit import free_port
 from tandem.bundle.format import open_bundle, verify_bundle
 from typer.testing import CliRunner
 
 from tandem.cli import app as tandem_app
+from tests.support.server import free_port
 
 pytestmark = pytest.mark.slow
 WIDE = {"COLUMNS": "1000"}  # one line per message, whatever the terminal

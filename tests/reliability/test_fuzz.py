@@ -30,7 +30,8 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import Case, GenerationMode, checks
-from serverkit import API_KEY, ServerProcess, running_server, scrape
+
+from tests.support.server import API_KEY, ServerProcess, running_server, scrape
 
 pytestmark = pytest.mark.slow
 EXAMPLES = int(os.environ.get("TANDEM_FUZZ_EXAMPLES", "25"))

@@ -22,7 +22,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serverkit import QUERIES, metric, running_server, scrape
+
+from tests.support.server import QUERIES, metric, running_server, scrape
 
 pytestmark = pytest.mark.slow
 CLIENTS = int(os.environ.get("TANDEM_BURST_CLIENTS", "48"))

@@ -21,13 +21,21 @@ from typing import Any
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from serverkit import API_KEY, QUERIES, ServerProcess, free_port, metric, running_server, scrape
 from tandem.bundle.format import BundleError, open_bundle, verify_bundle
 from tandem.server.app import create_app
 from tandem.server.settings import ServerSettings
 from typer.testing import CliRunner
 
 from tandem.cli import app as tandem_app
+from tests.support.server import (
+    API_KEY,
+    QUERIES,
+    ServerProcess,
+    free_port,
+    metric,
+    running_server,
+    scrape,
+)
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

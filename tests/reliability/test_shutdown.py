@@ -16,7 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import QUERIES, metric, running_server, scrape
+
+from tests.support.server import QUERIES, metric, running_server, scrape
 
 pytestmark = pytest.mark.slow
 REQUESTS = 4

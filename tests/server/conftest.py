@@ -13,9 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import API_KEY, VARIANTS, ServerProcess, running_server, sample_docs
 from tandem.indexer.build import build_bundle
 from tandem.models.encoder import Encoder
+
+from tests.support.server import API_KEY, VARIANTS, ServerProcess, running_server, sample_docs
 
 
 @pytest.fixture(scope="session")

@@ -15,10 +15,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from serverkit import API_KEY, QUERIES
 from tandem.models.encoder import Encoder
 from tandem.server.app import create_app
 from tandem.server.settings import ServerSettings
+
+from tests.support.server import API_KEY, QUERIES
 
 pytestmark = pytest.mark.anyio
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

@@ -7,7 +7,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serverkit import (
+from tandem.bundle.format import open_bundle
+from tandem.models.encoder import Encoder
+
+from tests.support.server import (
     QUERIES,
     VARIANTS,
     ServerProcess,
@@ -18,8 +21,6 @@ from serverkit import (
     metric,
     scrape,
 )
-from tandem.bundle.format import open_bundle
-from tandem.models.encoder import Encoder
 
 pytestmark = pytest.mark.slow
 K, OVERSAMPLE = 5, 2

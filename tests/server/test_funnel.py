@@ -7,15 +7,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from serverkit import (
-    N_DOCS,
-    QUERIES,
-    VARIANTS,
-    assert_rescored,
-    assert_top_k,
-    exact_reference,
-    first_pass_reference,
-)
 from tandem.bundle.format import Bundle
 from tandem.models.encoder import Encoder
 from tandem.server.funnel import SearchPlan, run_funnel
@@ -26,6 +17,16 @@ from tandem.server.state import (
     load_bundle,
     resolve_version_dir,
     select_variants,
+)
+
+from tests.support.server import (
+    N_DOCS,
+    QUERIES,
+    VARIANTS,
+    assert_rescored,
+    assert_top_k,
+    exact_reference,
+    first_pass_reference,
 )
 
 

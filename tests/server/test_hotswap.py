@@ -10,7 +10,6 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
-from serverkit import QUERIES, publish_broken, sample_docs
 from tandem.indexer.build import build_bundle
 from tandem.models.encoder import Encoder
 from tandem.server.app import create_app
@@ -20,6 +19,8 @@ from tandem.server.schemas import SearchOptions
 from tandem.server.search import SearchService
 from tandem.server.settings import ServerSettings
 from tandem.server.state import load_bundle, resolve_version_dir
+
+from tests.support.server import QUERIES, publish_broken, sample_docs
 
 pytestmark = pytest.mark.anyio
 VARIANTS = ["f32-768", "bin-768"]

@@ -11,9 +11,18 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serverkit import API_KEY, QUERIES, metric, publish_broken, running_server, sample_docs, scrape
 from tandem.indexer.build import build_bundle
 from tandem.models.encoder import Encoder
+
+from tests.support.server import (
+    API_KEY,
+    QUERIES,
+    metric,
+    publish_broken,
+    running_server,
+    sample_docs,
+    scrape,
+)
 
 pytestmark = pytest.mark.slow
 AUTH = {"Authorization": f"Bearer {API_KEY}"}

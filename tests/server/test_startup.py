@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from serverkit import free_port, serve_command
 from tandem.server.state import StartupCheckError, preflight
 from typer.testing import CliRunner
 
 from tandem.cli import app
+from tests.support.server import free_port, serve_command
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,1 @@
+"""Shared test harnesses: real servers, bundles and datasets built for tests."""
