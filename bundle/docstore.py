@@ -21,6 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from tandem.data.corpus import Doc
+from tandem.errors import InvalidInput
 
 SCHEMA = """
 CREATE TABLE docs (
@@ -42,7 +43,7 @@ class Document:
     metadata: dict[str, Any]
 
 
-class DuplicateIdError(ValueError):
+class DuplicateIdError(InvalidInput, ValueError):
     """An external id is already in the table."""
 
     def __init__(self, ext_id: str) -> None:

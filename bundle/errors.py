@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from tandem.bundle.variants import VariantError
 
+from tandem.errors import DataError
 
-class BundleError(Exception):
+
+class BundleError(DataError):
     """A bundle is missing, corrupt or does not match what is asked; the message says what to do."""
 
 

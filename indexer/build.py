@@ -55,6 +55,7 @@ from tandem.models.embedding_cache import EmbeddingCache, encode_cached
 from tandem.models.encoder import Encoder
 
 from tandem.data.corpus import CorpusStats, Doc, as_docs
+from tandem.errors import DataError
 from tandem.home import stable_hash, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ VARIANT_CHUNK = 8192
 DocLike = Doc | Mapping[str, Any] | tuple[str, str]
 
 
-class BuildError(Exception):
+class BuildError(DataError):
     """A build or update cannot proceed; the message says what to do."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from tandem.models.card import CARD_FILE
 from tandem.models.sources import ModelSource, resolve_source
 
+from tandem.errors import ModelError
 from tandem.home import publish_dir, sha256_file, stable_hash, tandem_home
 
 logger = logging.getLogger(__name__)
@@ -23,7 +24,7 @@ logger = logging.getLogger(__name__)
 EXPORT_FORMAT = 1  # bump when the exported graph changes, so caches are rebuilt
 
 
-class ArtifactError(Exception):
+class ArtifactError(ModelError):
     """No artifact exists for a spec and none can be built here."""
 
 

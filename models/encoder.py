@@ -21,6 +21,8 @@ import onnxruntime as ort
 from tandem.models.card import ModelCard, Precision
 from tokenizers import Encoding, Tokenizer
 
+from tandem.errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 TextKind = Literal["query", "document"]
@@ -29,7 +31,7 @@ INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embedding"
 
 
-class EncoderError(Exception):
+class EncoderError(ModelError):
     """The encoder artifact is missing, broken, or failed to run."""
 
 
@@ -48,6 +50,30 @@ class TokenBatch:
     @property
     def padded_tokens(self) -> int:
         return int(self.input_ids.size)
+
+
+@dataclass(frozen=True)
+class TokenRows:
+    """One request's texts tokenized once, unpadded: a row of ids per text.
+
+    The micro-batcher pads the rows of every request in a batch in one merge
+    (``Encoder.pad_rows``), so nothing is padded twice.
+    """
+
+    ids: list[npt.NDArray[np.int64]]  # one (length,) array per text
+    truncated: list[bool]  # per text: cut at the model's max length
+
+    @property
+    def size(self) -> int:
+        return len(self.ids)
+
+    @property
+    def longest(self) -> int:
+        return max((len(r) for r in self.ids), default=0)
+
+    @property
+    def n_tokens(self) -> int:
+        return sum(len(r) for r in self.ids)
 
 
 def plan_batches(lengths: Sequence[int], token_budget: int, max_batch: int) -> list[list[int]]:
@@ -135,6 +161,24 @@ class Encoder:
     def tokenize(self, texts: Sequence[str], kind: TextKind = "query") -> TokenBatch:
         """Tokenize, truncate at the model's max length, and pad to the longest text."""
         return self._pad(self.tokenizer.encode_batch(self.prefixed(texts, kind)))
+
+    def tokenize_rows(self, texts: Sequence[str], kind: TextKind = "query") -> TokenRows:
+        """Tokenize once into unpadded rows, with a truncation flag per text."""
+        encodings = self.tokenizer.encode_batch(self.prefixed(texts, kind))
+        return TokenRows(
+            [np.asarray(e.ids, dtype=np.int64) for e in encodings],
+            [bool(e.overflowing) for e in encodings],
+        )
+
+    def pad_rows(self, rows: Sequence[npt.NDArray[np.int64]]) -> TokenBatch:
+        """Pad rows (of any number of requests) to the longest, in one allocation."""
+        seq = max((len(r) for r in rows), default=1) or 1
+        ids = np.full((len(rows), seq), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(rows), seq), dtype=np.int64)
+        for row, r in enumerate(rows):
+            ids[row, : len(r)] = r
+            mask[row, : len(r)] = 1
+        return TokenBatch(ids, mask, 0)
 
     def _pad(self, encodings: Sequence[Encoding]) -> TokenBatch:
         seq = max((len(e.ids) for e in encodings), default=1) or 1

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from tandem.models.card import ModelCard
 
+from tandem.errors import ConfigError
 
-class PairingError(Exception):
+
+class PairingError(ConfigError):
     """The query encoder does not speak the bundle teacher's space."""
 
 

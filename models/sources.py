@@ -25,12 +25,13 @@ from typing import Literal
 
 from tandem.models.card import Pooling
 
+from tandem.errors import ModelError
 from tandem.home import publish_dir, stable_hash, tandem_home
 
 logger = logging.getLogger(__name__)
 
 
-class ModelSourceError(Exception):
+class ModelSourceError(ModelError):
     """A model spec could not be resolved to a usable local folder."""
 
 

@@ -1,23 +1,31 @@
-"""Micro-batching: concurrent queries share one ONNX run.
+"""Micro-batching: concurrent requests share one ONNX run and one search stage.
 
 The shape is TEI's ``queue.rs`` + ``infer.rs``:
 - admission is a non-blocking counter check; past ``max_queue`` queries the
   caller gets ``Overloaded`` (a 429) instead of joining an unbounded queue,
   which keeps the latency of accepted requests bounded under overload;
 - one owner task packs waiting requests into a batch under a request cap and
-  a padded-token budget (longest x count) and runs tokens -> embeddings in a
-  dedicated thread, so the event loop never runs inference;
+  a padded-token budget (longest x count); their token rows (tokenized once
+  per request) are padded in one merge, and one worker thread runs the
+  forward pass and then the stage that follows it (the service's search over
+  the whole batch), so a request costs one thread hop, not one per stage;
 - requests whose caller went away (cancelled: client disconnect or deadline)
   or whose deadline passed are skipped before the batch runs;
-- if a batch fails every waiter gets the error, the batcher turns unhealthy
-  (readiness false) and the failure is logged with its traceback; the owner
-  task itself never dies.
+- if the forward pass fails every waiter gets the error, the batcher turns
+  unhealthy (readiness false) and the failure is logged with its traceback;
+  the owner task itself never dies. A stage failure fails only the requests
+  it names.
 
-Heuristic for waiting: after the first request of a batch arrives the owner
-waits up to ``max_wait`` for company, but only when the previous batch held
-more than one request (i.e. there is concurrent traffic). A lone sequential
-client therefore pays no batching delay at all, and under load requests pile
-up while the previous batch runs, so the wait rarely matters there either.
+Heuristics:
+- after the first request of a batch arrives the owner waits up to
+  ``max_wait`` for company, but only when the previous batch held more than
+  one request (i.e. there is concurrent traffic). A lone sequential client
+  pays no batching delay;
+- when nothing else is in flight and the batch is small, it runs on the event
+  loop itself (``inline_when_idle``): a thread hop costs more than it
+  protects when there is nobody to protect;
+- a batch whose rows differ much in length runs as two length-sorted ONNX
+  runs when that cuts the padded tokens by a quarter or more.
 """
 
 from __future__ import annotations
@@ -27,43 +35,80 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-from tandem.models.encoder import Encoder, TokenBatch
+
+from tandem.errors import TandemError
+from tandem.models.encoder import Encoder, TokenRows
 from tandem.server.errors import DeadlineExceeded, EncoderFailure, NotReady, Overloaded
 from tandem.server.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 
+INLINE_MAX_TOKENS = 1024  # padded tokens a batch may hold to run on the event loop
+SPLIT_MIN_ROWS = 8  # smaller batches always run as one ONNX run
+SPLIT_GAIN = 0.75  # split when two runs cost at most this share of one run's padded tokens
+
 
 @dataclass(frozen=True)
 class Embedded:
-    """Vectors for one submitted request and what producing them cost."""
+    """Vectors (and stage output) for one submitted request, and what producing them cost."""
 
     vectors: npt.NDArray[np.float32]  # (n_texts, dim), L2-normalized
     queue_s: float
     embed_s: float
     batch_size: int
+    output: Any = None  # what the stage returned for this request (None without a job)
+
+
+class StageRun(Protocol):
+    """The work that follows the forward pass for one batch; runs in the worker thread.
+
+    Called with each request's job (None for requests without one) and its
+    vectors; returns one output per request, or an exception for a request
+    that failed. ``close`` is always called once, after the call or instead
+    of it when the forward pass failed.
+    """
+
+    inline_ok: bool
+
+    def __call__(
+        self, jobs: Sequence[Any], vectors: Sequence[npt.NDArray[np.float32]]
+    ) -> list[Any]: ...
+
+    def close(self) -> None: ...
+
+
+class Stage(Protocol):
+    def open(self) -> StageRun:
+        """Called on the event loop when a batch with jobs is formed (e.g. to lease a bundle)."""
+        ...
 
 
 @dataclass(eq=False)
 class _Item:
-    tokens: TokenBatch
+    rows: TokenRows
+    job: Any
     deadline: float  # loop time
     future: asyncio.Future[Embedded]
     enqueued: float = field(default_factory=time.perf_counter)
 
-    @property
-    def seq(self) -> int:
-        return int(self.tokens.input_ids.shape[1])
+
+@dataclass(frozen=True)
+class _Ran:
+    vectors: npt.NDArray[np.float32]
+    embed_s: float
+    outputs: list[Any]
+    padded_tokens: int
 
 
 class MicroBatcher:
-    """Single owner of a bounded queue of tokenized queries."""
+    """Single owner of a bounded queue of tokenized requests."""
 
     def __init__(
         self,
@@ -75,6 +120,8 @@ class MicroBatcher:
         max_queue: int,
         retry_after_s: int,
         metrics: Metrics,
+        stage: Stage | None = None,
+        inline_when_idle: bool = True,
     ) -> None:
         self.encoder = encoder
         self.max_batch_size = max_batch_size
@@ -83,6 +130,8 @@ class MicroBatcher:
         self.max_queue = max_queue
         self.retry_after_s = retry_after_s
         self.metrics = metrics
+        self.stage = stage
+        self.inline_when_idle = inline_when_idle
         self.healthy = True
         self.last_error: str | None = None
         self._admitted = 0
@@ -107,7 +156,7 @@ class MicroBatcher:
             self._task = None
         while self._pending:
             item = self._pending.popleft()
-            self.metrics.queue_depth.dec(item.tokens.size)
+            self.metrics.queue_depth.dec(item.rows.size)
             if not item.future.done():
                 item.future.set_exception(NotReady("server is shutting down"))
         self._executor.shutdown(wait=True)
@@ -124,7 +173,7 @@ class MicroBatcher:
             self.metrics.rejected.labels(reason="overloaded").inc()
             raise Overloaded(
                 f"server overloaded: {self._admitted} queries in flight (max {self.max_queue})",
-                headers={"Retry-After": str(self.retry_after_s)},
+                retry_after_s=self.retry_after_s,
             )
         self._admitted += n
         self.metrics.in_flight.inc(n)
@@ -135,14 +184,14 @@ class MicroBatcher:
             self.metrics.in_flight.dec(n)
 
     # -- submission --------------------------------------------------------
-    async def embed(self, tokens: TokenBatch, deadline: float) -> Embedded:
-        """Embed one request's texts (already tokenized) within the deadline (loop time)."""
+    async def embed(self, rows: TokenRows, deadline: float, job: Any = None) -> Embedded:
+        """Embed one request's rows (then run the stage on ``job``) within the deadline."""
         if self._task is None or self._task.done():
             raise NotReady("the batcher is not running")
         loop = asyncio.get_running_loop()
-        item = _Item(tokens, deadline, loop.create_future())
+        item = _Item(rows, job, deadline, loop.create_future())
         self._pending.append(item)
-        self.metrics.queue_depth.inc(tokens.size)
+        self.metrics.queue_depth.inc(rows.size)
         self._wakeup.set()
         try:
             async with asyncio.timeout_at(deadline):
@@ -151,7 +200,7 @@ class MicroBatcher:
             self.metrics.rejected.labels(reason="deadline").inc()
             raise DeadlineExceeded(
                 "deadline exceeded while waiting for the encoder",
-                headers={"Retry-After": str(self.retry_after_s)},
+                retry_after_s=self.retry_after_s,
             ) from None
 
     # -- owner task --------------------------------------------------------
@@ -178,38 +227,50 @@ class MicroBatcher:
         return self.max_wait_s > 0 and self._last_batch_size > 1 and self._fits_more(batch)
 
     def _fits_more(self, batch: list[_Item]) -> bool:
-        return sum(i.tokens.size for i in batch) < self.max_batch_size
+        return sum(i.rows.size for i in batch) < self.max_batch_size
 
     def _take(self, batch: list[_Item]) -> list[_Item]:
         """Move waiting items into batch while the request cap and token budget allow."""
-        rows = sum(i.tokens.size for i in batch)
-        seq = max((i.seq for i in batch), default=0)
+        rows = sum(i.rows.size for i in batch)
+        seq = max((i.rows.longest for i in batch), default=0)
         now = asyncio.get_running_loop().time()
         while self._pending:
             item = self._pending[0]
             if item.future.done() or item.deadline <= now:
                 # The caller went away or gave up: do not spend a batch slot on it.
                 self._pending.popleft()
-                self.metrics.queue_depth.dec(item.tokens.size)
+                self.metrics.queue_depth.dec(item.rows.size)
                 continue
-            new_rows = rows + item.tokens.size
-            new_seq = max(seq, item.seq)
+            new_rows = rows + item.rows.size
+            new_seq = max(seq, item.rows.longest)
             # An item that alone exceeds the caps still runs, in a batch of its own.
             if batch and (
                 new_rows > self.max_batch_size or new_rows * new_seq > self.max_batch_tokens
             ):
                 break
             self._pending.popleft()
-            self.metrics.queue_depth.dec(item.tokens.size)
+            self.metrics.queue_depth.dec(item.rows.size)
             batch.append(item)
             rows, seq = new_rows, new_seq
         return batch
 
     async def _run_batch(self, loop: asyncio.AbstractEventLoop, batch: list[_Item]) -> None:
         started = time.perf_counter()
-        merged = merge_token_batches([i.tokens for i in batch], self.encoder.pad_id)
+        jobs = [i.job for i in batch]
+        has_jobs = any(j is not None for j in jobs)
+        stage = self.stage.open() if self.stage is not None and has_jobs else None
+        rows = sum(i.rows.size for i in batch)
+        inline = (
+            self.inline_when_idle
+            and self._admitted <= rows  # nobody else is waiting on this server
+            and rows * max(i.rows.longest for i in batch) <= INLINE_MAX_TOKENS
+            and (stage is None or stage.inline_ok)
+        )
         try:
-            vectors, embed_s = await loop.run_in_executor(self._executor, self._forward, merged)
+            if inline:
+                ran = self._work(batch, jobs, stage)
+            else:
+                ran = await loop.run_in_executor(self._executor, self._work, batch, jobs, stage)
         except asyncio.CancelledError:
             for item in batch:
                 if not item.future.done():
@@ -220,7 +281,7 @@ class MicroBatcher:
             self.last_error = f"{type(exc).__name__}: {exc}"
             self.metrics.batch_failures.labels(cause=type(exc).__name__).inc()
             self.metrics.ready.set(0)
-            logger.error("batch of %d queries failed", merged.size, exc_info=exc)
+            logger.error("batch of %d queries failed", rows, exc_info=exc)
             for item in batch:
                 if not item.future.done():
                     item.future.set_exception(EncoderFailure(f"the encoder failed: {exc}"))
@@ -230,38 +291,77 @@ class MicroBatcher:
             self.metrics.ready.set(1)
         self.healthy = True
         self._last_batch_size = len(batch)
-        self.metrics.batch_size.observe(merged.size)
-        self.metrics.batch_tokens.observe(merged.padded_tokens)
-        self.metrics.embed_seconds.observe(embed_s)
+        self.metrics.batch_size.observe(rows)
+        self.metrics.batch_tokens.observe(ran.padded_tokens)
+        self.metrics.embed_seconds.observe(ran.embed_s)
         row = 0
-        for item in batch:
-            n = item.tokens.size
+        for item, output in zip(batch, ran.outputs, strict=True):
+            n = item.rows.size
             queue_s = started - item.enqueued
             self.metrics.queue_seconds.observe(queue_s)
             if not item.future.done():
-                item.future.set_result(
-                    Embedded(vectors[row : row + n], queue_s, embed_s, len(batch))
-                )
+                if isinstance(output, BaseException):
+                    item.future.set_exception(output)
+                else:
+                    item.future.set_result(
+                        Embedded(ran.vectors[row : row + n], queue_s, ran.embed_s, len(batch), output)
+                    )
             row += n
 
-    def _forward(self, batch: TokenBatch) -> tuple[npt.NDArray[np.float32], float]:
-        started = time.perf_counter()
-        vectors = self.encoder.forward(batch)
-        return vectors, time.perf_counter() - started
+    def _work(self, batch: list[_Item], jobs: list[Any], stage: StageRun | None) -> _Ran:
+        """Forward pass over every row of the batch, then the stage (worker thread)."""
+        try:
+            started = time.perf_counter()
+            rows = [r for item in batch for r in item.rows.ids]
+            vectors, padded = self._forward(rows)
+            embed_s = time.perf_counter() - started
+            outputs: list[Any] = [None] * len(batch)
+            if stage is not None:
+                bounds = np.cumsum([0] + [i.rows.size for i in batch])
+                per_item = [vectors[bounds[j] : bounds[j + 1]] for j in range(len(batch))]
+                try:
+                    outputs = stage(jobs, per_item)
+                except TandemError as exc:
+                    outputs = [exc] * len(batch)
+            return _Ran(vectors, embed_s, outputs, padded)
+        finally:
+            if stage is not None:
+                stage.close()
+
+    def _forward(
+        self, rows: list[npt.NDArray[np.int64]]
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        """One ONNX run over all rows, or two length-sorted runs when that saves padding."""
+        groups = split_by_length([len(r) for r in rows])
+        if len(groups) == 1:
+            merged = self.encoder.pad_rows(rows)
+            return self.encoder.forward(merged), merged.padded_tokens
+        out = np.empty((len(rows), self.encoder.dim), dtype=np.float32)
+        padded = 0
+        for group in groups:
+            merged = self.encoder.pad_rows([rows[i] for i in group])
+            out[group] = self.encoder.forward(merged)
+            padded += merged.padded_tokens
+        return out, padded
 
 
-def merge_token_batches(parts: list[TokenBatch], pad_id: int) -> TokenBatch:
-    """Stack tokenized requests into one batch padded to the longest of them."""
-    if len(parts) == 1:
-        return parts[0]
-    rows = sum(p.size for p in parts)
-    seq = max(int(p.input_ids.shape[1]) for p in parts)
-    ids = np.full((rows, seq), pad_id, dtype=np.int64)
-    mask = np.zeros((rows, seq), dtype=np.int64)
-    row = 0
-    for p in parts:
-        n, s = p.input_ids.shape
-        ids[row : row + n, :s] = p.input_ids
-        mask[row : row + n, :s] = p.attention_mask
-        row += n
-    return TokenBatch(ids, mask, sum(p.n_truncated for p in parts))
+def split_by_length(lengths: Sequence[int]) -> list[list[int]]:
+    """Row indices in one group, or two length-sorted groups when padding drops enough.
+
+    Padded cost is rows x longest; one long query among short ones makes every
+    row pay its length, so the best single split point is tried.
+    """
+    n = len(lengths)
+    if n < SPLIT_MIN_ROWS:
+        return [list(range(n))]
+    order = sorted(range(n), key=lambda i: lengths[i])
+    ranked = [lengths[i] for i in order]
+    one = n * ranked[-1]
+    best, at = one, 0
+    for i in range(1, n):
+        cost = i * ranked[i - 1] + (n - i) * ranked[-1]
+        if cost < best:
+            best, at = cost, i
+    if best > SPLIT_GAIN * one:
+        return [list(range(n))]
+    return [order[:at], order[at:]]

@@ -1,118 +1,140 @@
-"""One error tree for the server, mapped to HTTP in exactly one place.
+"""The server's errors, and the one table that maps the error tree onto HTTP.
 
 Following TEI's ``ErrorType -> StatusCode``: code below the routes raises a
-``ServerError`` subclass that knows its status and a stable ``type`` string;
+``tandem.errors.TandemError`` (the server's own subclasses live here; package
+errors such as ``BundleError`` arrive with their category), and
 ``install_error_handlers`` turns it (and FastAPI's own validation and routing
-errors) into ``{"error": ..., "type": ...}``. Bad input is always a 4xx; only
+errors) into ``{"error": ..., "type": ...}`` with the status of the first
+class of its MRO found in ``HTTP_STATUS``. Bad input is always a 4xx; only
 our own failures are 5xx.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any, ClassVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tandem.errors import (
+    Conflict,
+    ConfigError,
+    DataError,
+    Forbidden,
+    InvalidInput,
+    ModelError,
+    NotFound,
+    Overloaded,
+    TandemError,
+    Unauthorized,
+    Unavailable,
+)
 from tandem.server.schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
 
+__all__ = [
+    "AdminDisabled",
+    "BundleFailure",
+    "DeadlineExceeded",
+    "EmptyQuery",
+    "EncoderFailure",
+    "InvalidRequest",
+    "ModelNotFound",
+    "NotReady",
+    "Overloaded",
+    "PayloadTooLarge",
+    "QueryTooLong",
+    "ReloadFailed",
+    "Unauthorized",
+    "UnknownVariant",
+]
 
-class ServerError(Exception):
-    """Base of every error the server answers with; carries its HTTP mapping."""
 
-    status_code: ClassVar[int] = 500
-    error_type: ClassVar[str] = "internal_error"
-
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.headers = headers or {}
-
-
-class InvalidRequest(ServerError):
+class InvalidRequest(InvalidInput):
     """The request is well-formed JSON but asks for something we will not do."""
-
-    status_code = 422
-    error_type = "invalid_request"
 
 
 class EmptyQuery(InvalidRequest):
-    error_type = "empty_query"
+    pass
 
 
 class QueryTooLong(InvalidRequest):
-    error_type = "query_too_long"
+    pass
 
 
 class UnknownVariant(InvalidRequest):
-    error_type = "unknown_variant"
+    pass
 
 
-class ModelNotFound(ServerError):
-    status_code = 404
-    error_type = "model_not_found"
+class ModelNotFound(NotFound):
+    pass
 
 
-class PayloadTooLarge(ServerError):
-    status_code = 413
-    error_type = "payload_too_large"
+class PayloadTooLarge(InvalidInput):
+    pass
 
 
-class Unauthorized(ServerError):
-    status_code = 401
-    error_type = "unauthorized"
-
-    def __init__(self, message: str = "missing or invalid API key") -> None:
-        super().__init__(message, headers={"WWW-Authenticate": "Bearer"})
-
-
-class AdminDisabled(ServerError):
+class AdminDisabled(Forbidden):
     """Admin routes exist only when an API key protects them."""
 
-    status_code = 403
-    error_type = "admin_disabled"
 
-
-class Overloaded(ServerError):
-    """The admission bound is reached; the client should back off and retry."""
-
-    status_code = 429
-    error_type = "overloaded"
-
-
-class DeadlineExceeded(ServerError):
+class DeadlineExceeded(Unavailable):
     """The request could not be answered within the per-request deadline."""
 
-    status_code = 503
-    error_type = "deadline_exceeded"
+
+class NotReady(Unavailable):
+    pass
 
 
-class NotReady(ServerError):
-    status_code = 503
-    error_type = "not_ready"
-
-
-class EncoderFailure(ServerError):
+class EncoderFailure(ModelError):
     """The student failed on a batch; every request of that batch gets this."""
 
-    status_code = 500
-    error_type = "encoder_error"
+    code = "encoder_error"
 
 
-class BundleFailure(ServerError):
-    status_code = 500
-    error_type = "bundle_error"
+class BundleFailure(DataError):
+    code = "bundle_error"
 
 
-class ReloadFailed(ServerError):
+class ReloadFailed(Conflict):
     """A reload was refused or failed; the previous bundle keeps serving."""
 
-    status_code = 409
-    error_type = "reload_failed"
+
+# The one mapping from the error tree to HTTP: the first class of an error's
+# MRO found here gives its status.
+HTTP_STATUS: dict[type[TandemError], int] = {
+    PayloadTooLarge: 413,
+    InvalidInput: 422,
+    NotFound: 404,
+    Unauthorized: 401,
+    Forbidden: 403,
+    Conflict: 409,
+    Overloaded: 429,
+    Unavailable: 503,
+    ConfigError: 500,
+    DataError: 500,
+    ModelError: 500,
+    TandemError: 500,
+}
+
+
+def http_status(error: TandemError) -> int:
+    for cls in type(error).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]
+    return 500
+
+
+def http_headers(error: TandemError) -> dict[str, str]:
+    """Headers an error's category implies: Retry-After, WWW-Authenticate."""
+    if isinstance(error, Unauthorized):
+        return {"WWW-Authenticate": "Bearer"}
+    retry = getattr(error, "retry_after_s", None)
+    return {"Retry-After": str(retry)} if retry is not None else {}
 
 
 # What each error status means, for the OpenAPI schema (routes list the ones they can answer).
@@ -143,17 +165,14 @@ def error_body(message: str, error_type: str) -> dict[str, str]:
 def install_error_handlers(app: FastAPI) -> None:
     """Map every error the app can raise onto a JSON body and a status code."""
 
-    async def on_server_error(request: Request, exc: Exception) -> JSONResponse:
-        if not isinstance(exc, ServerError):  # pragma: no cover - registration guarantees it
+    async def on_tandem_error(request: Request, exc: Exception) -> JSONResponse:
+        if not isinstance(exc, TandemError):  # pragma: no cover - registration guarantees it
             raise exc
-        if exc.status_code >= 500:
-            logger.warning(
-                "%s %s -> %s: %s", request.method, request.url.path, exc.status_code, exc
-            )
+        status = http_status(exc)
+        if status >= 500:
+            logger.warning("%s %s -> %s: %s", request.method, request.url.path, status, exc)
         return JSONResponse(
-            error_body(exc.message, exc.error_type),
-            status_code=exc.status_code,
-            headers=exc.headers,
+            error_body(exc.message, exc.code), status_code=status, headers=http_headers(exc)
         )
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -194,7 +213,7 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return JSONResponse(error_body("internal server error", "internal_error"), status_code=500)
 
-    app.add_exception_handler(ServerError, on_server_error)
+    app.add_exception_handler(TandemError, on_tandem_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)

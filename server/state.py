@@ -26,12 +26,14 @@ from tandem.models.card import ModelCard
 from tandem.models.pairing import PairingError, check_pair
 from tandem.models.sources import ModelSourceError
 
+from tandem.errors import ConfigError
+
 logger = logging.getLogger(__name__)
 
 FaissDevice = Literal["auto", "cpu", "cuda"]
 
 
-class StartupCheckError(Exception):
+class StartupCheckError(ConfigError):
     """The configuration cannot be served; the message says what to change."""
 
 

@@ -27,6 +27,7 @@ from tandem.models.card import Alignment, ModelCard
 from tandem.models.embedding_cache import EmbeddingCache, encode_cached
 from tandem.models.encoder import OUTPUT_NAME, Encoder, TextKind
 
+from tandem.errors import ModelError
 from tandem.home import sha256_file, stable_hash
 
 logger = logging.getLogger(__name__)
@@ -35,7 +36,7 @@ LAMBDAS = (1e-3, 1e-2, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0)
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(])")
 
 
-class AlignmentError(Exception):
+class AlignmentError(ModelError):
     """Alignment cannot run on these inputs."""
 
 

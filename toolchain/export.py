@@ -21,6 +21,7 @@ from tandem.models.card import ModelCard
 from tandem.models.encoder import INPUT_NAMES, OUTPUT_NAME, Encoder, TokenBatch
 from tandem.models.sources import ModelSource
 
+from tandem.errors import ModelError
 from tandem.home import sha256_file
 
 if TYPE_CHECKING:
@@ -76,7 +77,7 @@ PARITY_TEXTS: list[str] = [
 ]
 
 
-class ExportError(Exception):
+class ExportError(ModelError):
     """The export failed or did not pass the parity check."""
 
 

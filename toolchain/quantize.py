@@ -24,6 +24,8 @@ from tandem.models.card import ModelCard, QuantizedFile
 from tandem.models.encoder import Encoder
 from tandem.toolchain.export import PARITY_TEXTS
 
+from tandem.errors import ModelError
+
 logger = logging.getLogger(__name__)
 
 INT8_FILE = "model.int8.onnx"
@@ -31,7 +33,7 @@ DEFAULT_MIN_MEAN_COSINE = 0.99
 DEFAULT_MIN_COSINE = 0.95  # the worst single text (near-empty strings, emoji) may drift more
 
 
-class QuantizationRefused(Exception):
+class QuantizationRefused(ModelError):
     """The int8 model drifted too far from fp32 and was not accepted."""
 
 

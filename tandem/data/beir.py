@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tandem.data.corpus import BEIR_CORPUS, CorpusError, read_corpus
+from tandem.errors import DataError
 
 logger = logging.getLogger(__name__)
 
 Qrels = dict[str, dict[str, int]]  # query id -> doc id -> graded relevance
 
 
-class DatasetError(ValueError):
+class DatasetError(DataError, ValueError):
     """The folder is not a usable BEIR dataset for the requested split."""
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 from string import Formatter
 from typing import Any, Literal
 
+from tandem.errors import DataError
+
 logger = logging.getLogger(__name__)
 
 CorpusFormat = Literal["auto", "jsonl", "beir", "csv", "parquet"]
@@ -30,7 +32,7 @@ ID_FIELDS = ("id", "_id", "doc_id", "docid")
 MAX_EXAMPLES = 5
 
 
-class CorpusError(ValueError):
+class CorpusError(DataError, ValueError):
     """The corpus cannot be read; the message names the file and line."""
 
 
