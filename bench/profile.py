@@ -26,7 +26,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("student ONNX forward", ("forward (models/encoder.py", "run (onnxruntime")),
     ("tokenization", ("tokenize", "encode_batch", "merge_token_batches")),
     ("FAISS first pass", ("search_variant", "index.search", "faiss")),
-    ("rescoring", ("rescore (server/funnel.py", "score_rows")),
+    ("rescoring", ("rescore (bundle/search.py", "score_rows")),
     ("document fetch (sqlite)", ("documents (indexer/bundle.py", "docstore.py", "_with_docs")),
     ("sentence-transformers / torch", ("sentence_transformers", "torch")),
     (

@@ -1,7 +1,7 @@
 """The query path: the in-process limit, tandem over HTTP, a naive server, the teacher.
 
 - in-process (the limit): the aligned student embeds, then the server's own
-  funnel (``tandem.server.funnel.run_funnel``: first pass, documents fetched) runs
+  funnel (``tandem.bundle.search.search`` + the server's document fetch) runs
   on the same bundle and queries; one query at a time and in batches of 32
   (the server's largest micro-batch);
 - the teacher as query encoder: the same in-process path with the teacher in
@@ -24,9 +24,10 @@ from typing import Any
 import faiss
 import numpy as np
 from tandem.bundle.format import open_bundle
+from tandem.bundle.search import SearchPlan, search
 from tandem.models.card import ModelCard
 from tandem.models.encoder import Encoder
-from tandem.server.funnel import SearchPlan, run_funnel
+from tandem.server.search import with_documents
 from tandem.server.state import load_bundle
 
 from bench import loadgen
@@ -78,7 +79,7 @@ def in_process(
     try:
 
         def one(batch: list[str]) -> None:
-            run_funnel(loaded, encoder.encode(batch, "query"), plan)
+            with_documents(loaded, search(loaded.target, encoder.encode(batch, "query"), plan))
 
         for query in queries[:10]:
             one([query])

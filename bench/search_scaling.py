@@ -8,7 +8,7 @@ walk towards a real neighbourhood as they do on real queries.
 
 Indexes are built by the indexer's own code (``tandem.bundle.variants``) and
 searched by the server's (``search_variant``; rescoring by
-``tandem.server.funnel.rescore`` over float16 stored vectors memory-mapped from
+``tandem.bundle.search.rescore`` over float16 stored vectors memory-mapped from
 disk, as in a bundle). Single-query time uses one FAISS thread, as the
 server does per request; batched time uses every core.
 """
@@ -26,6 +26,7 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
+from tandem.bundle.search import SearchTarget, rescore
 from tandem.bundle.variants import (
     HNSW_EF_CONSTRUCTION,
     HNSW_M,
@@ -34,7 +35,6 @@ from tandem.bundle.variants import (
     search_variant,
     write_index,
 )
-from tandem.server.funnel import rescore
 
 DIM = 768
 K = 10
@@ -100,7 +100,7 @@ def _search(
     ef = max(EF_SEARCH, k_first) if spec.hnsw else None
     _scores, ids = search_variant(spec, index, queries, k_first, ef)
     if with_rescore:
-        rescore(stored, queries, ids, K)
+        rescore(SearchTarget(stored, {}, {}), queries, ids, K)
 
 
 def time_search(

@@ -22,9 +22,9 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 from tandem.bundle.format import Bundle
-from tandem.bundle.variants import VariantError, VariantSpec
+from tandem.bundle.search import SearchPlan, SearchTarget, search
+from tandem.bundle.variants import HNSW_EF_SEARCH, VariantError, VariantSpec
 from tandem.evaluation.doc_side import DocSide
-from tandem.evaluation.funnel import funnel_search
 from tandem.evaluation.metrics import DEPTH, evaluate, run_from_hits
 from tandem.evaluation.modes import Mode, ModePlan, plan_modes
 from tandem.evaluation.references import published_ndcg10
@@ -104,6 +104,34 @@ class EvalResult:
     config: EvalConfig
     environment: dict[str, str] = field(default_factory=dict)
     encoders: dict[str, str] = field(default_factory=dict)  # name -> what it is, one line
+
+
+def request_plan(
+    spec: VariantSpec, k: int, oversample: int | None, ef_search: int | None
+) -> SearchPlan:
+    """The server's plan for a k-hit request: rescoring when an oversample is given."""
+    return SearchPlan(
+        variant=spec.name,
+        k=k,
+        rescore=oversample is not None,
+        oversample=oversample or 1,
+        ef_search=ef_search or HNSW_EF_SEARCH,
+    )
+
+
+def rank(
+    spec: VariantSpec,
+    index: Any,
+    docs: DocSide,
+    queries: npt.NDArray[np.float32],
+    k: int,
+    oversample: int | None,
+    ef_search: int | None = None,
+    table: npt.NDArray[np.float32] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    """(n, k) scores and internal ids, -1 padded: the search core, as the server runs it."""
+    target = SearchTarget(docs.vectors, {spec.name: spec}, {spec.name: index}, None, table)
+    return search(target, queries, request_plan(spec, k, oversample, ef_search)).padded(k)
 
 
 class Evaluator:
@@ -208,15 +236,8 @@ class Evaluator:
         values: dict[str, float] = {}
         for depth in sorted(set(DEPTH.values())):
             names = [name for name, d in DEPTH.items() if d == depth]
-            _, ids = funnel_search(
-                spec,
-                index,
-                queries,
-                docs.vectors,
-                depth,
-                row.oversample,
-                self.config.ef_search,
-                score_table=table,
+            _, ids = rank(
+                spec, index, docs, queries, depth, row.oversample, self.config.ef_search, table
             )
             values.update(evaluate(qrels, run_from_hits(qids, ids, doc_ids), names))
         row.ndcg_at_10, row.recall_at_100, row.mrr_at_10 = (
@@ -236,13 +257,13 @@ class Evaluator:
     ) -> float:
         """Median ms of one-query k=10 requests, as online traffic arrives (no batching)."""
         times: list[float] = []
+        target = SearchTarget(docs.vectors, {spec.name: spec}, {spec.name: index})
+        plan = request_plan(spec, 10, oversample, self.config.ef_search)
         with faiss_threads(self.config.search_threads):
             for n, i in enumerate(self._sample):
                 query = queries[i : i + 1]
                 start = time.perf_counter()
-                funnel_search(
-                    spec, index, query, docs.vectors, 10, oversample, self.config.ef_search
-                )
+                search(target, query, plan)
                 if n >= _WARMUP or len(self._sample) <= _WARMUP:
                     times.append((time.perf_counter() - start) * 1000)
         return statistics.median(times) if times else 0.0

@@ -6,8 +6,8 @@ import os
 from typing import Any
 
 import faiss
+from tandem.bundle.placement import faiss_gpus
 from tandem.server.search import SearchService
-from tandem.server.state import faiss_gpus
 
 
 def describe(service: SearchService) -> dict[str, Any]:

@@ -15,11 +15,13 @@ import logging
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import faiss
 import numpy as np
 import numpy.typing as npt
-from tandem.bundle.format import BundleError
+from tandem.bundle.format import BundleError, Document
+from tandem.bundle.search import Ranked, SearchPlan, search
 from tandem.bundle.variants import truncate_normalize
 from tandem.models.encoder import Encoder, EncoderError, TokenBatch
 from tandem.server.batching import Embedded, MicroBatcher, merge_token_batches
@@ -32,7 +34,6 @@ from tandem.server.errors import (
     ServerError,
     UnknownVariant,
 )
-from tandem.server.funnel import FunnelResult, SearchPlan, run_funnel
 from tandem.server.metrics import Metrics
 from tandem.server.schemas import FilterValue, Hit, SearchOptions, SearchResponse, Timings
 from tandem.server.settings import ServerSettings
@@ -258,14 +259,14 @@ class SearchService:
         queries: npt.NDArray[np.float32],
         plan: SearchPlan,
         deadline: float,
-    ) -> FunnelResult:
+    ) -> Found:
         loaded.acquire()
 
-        def job() -> FunnelResult:
+        def job() -> Found:
             # The lease is returned by the thread itself: if the request is
             # cancelled meanwhile, the bundle still cannot close under it.
             try:
-                return run_funnel(loaded, queries, plan)
+                return with_documents(loaded, search(loaded.target, queries, plan))
             finally:
                 loaded.release()
 
@@ -290,7 +291,7 @@ class SearchService:
         self,
         plan: SearchPlan,
         options: SearchOptions,
-        result: FunnelResult,
+        result: Found,
         embedded: Embedded,
         tokenize_s: float,
         total_s: float,
@@ -298,15 +299,16 @@ class SearchService:
     ) -> list[SearchResponse]:
         m = self.metrics
         m.tokenize_seconds.observe(tokenize_s)
-        m.search_seconds.labels(variant=plan.variant).observe(result.search_s)
-        if result.rescored and result.rescore_s:
-            m.rescore_seconds.labels(variant=plan.variant).observe(result.rescore_s)
+        ranked = result.ranked
+        m.search_seconds.labels(variant=plan.variant).observe(ranked.search_s)
+        if ranked.rescored and ranked.rescore_s:
+            m.rescore_seconds.labels(variant=plan.variant).observe(ranked.rescore_s)
         timings = Timings(
             queue=embedded.queue_s * 1e3,
             tokenize=tokenize_s * 1e3,
             embed=embedded.embed_s * 1e3,
-            search=result.search_s * 1e3,
-            rescore=result.rescore_s * 1e3,
+            search=ranked.search_s * 1e3,
+            rescore=ranked.rescore_s * 1e3,
             total=total_s * 1e3,
         )
         out = []
@@ -324,8 +326,8 @@ class SearchService:
                 SearchResponse(
                     results=results,
                     variant=plan.variant,
-                    rescored=result.rescored,
-                    stages=result.stages,
+                    rescored=ranked.rescored,
+                    stages=ranked.stages,
                     timings_ms=timings,
                     truncated=cut,
                 )
@@ -401,6 +403,27 @@ class SearchService:
         parts = [self.encoder.tokenize([t], "query") for t in texts]
         merged = merge_token_batches(parts, self.encoder.pad_id)
         return merged, [p.n_truncated > 0 for p in parts], time.perf_counter() - started
+
+
+@dataclass(frozen=True)
+class Found:
+    """The core's ranking plus the documents of its hits, per query."""
+
+    ranked: Ranked
+    hits: list[list[tuple[Document, float]]]
+
+
+def with_documents(loaded: LoadedBundle, ranked: Ranked) -> Found:
+    """Fetch the documents of every hit of a group of queries in one docstore read."""
+    flat = [int(i) for row in ranked.ids for i in row]
+    docs = loaded.bundle.documents(flat) if flat else []
+    hits: list[list[tuple[Document, float]]] = []
+    pos = 0
+    for row_ids, row_scores in zip(ranked.ids, ranked.scores, strict=True):
+        n = len(row_ids)
+        hits.append(list(zip(docs[pos : pos + n], (float(x) for x in row_scores), strict=True)))
+        pos += n
+    return Found(ranked, hits)
 
 
 def _text_problem(text: str) -> str | None:

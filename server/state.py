@@ -14,12 +14,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-import faiss
 import numpy as np
 import numpy.typing as npt
 from tandem.bundle.format import Bundle, BundleError, current_version_dir, open_bundle
+from tandem.bundle.placement import FaissDevice, PlacementError, place_index
+from tandem.bundle.search import SearchTarget
 from tandem.bundle.variants import VariantError, VariantSpec, search_variant
 from tandem.models.artifacts import ArtifactError, resolve_artifact
 from tandem.models.card import ModelCard
@@ -29,8 +30,6 @@ from tandem.models.sources import ModelSourceError
 from tandem.errors import ConfigError
 
 logger = logging.getLogger(__name__)
-
-FaissDevice = Literal["auto", "cpu", "cuda"]
 
 
 class StartupCheckError(ConfigError):
@@ -48,11 +47,17 @@ class LoadedBundle:
     devices: dict[str, str]
     default_variant: str
     pairing: str
+    target: SearchTarget = field(init=False, repr=False)
     loaded_at: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _leases: int = 0
     _retired: bool = False
     _closed: bool = False
+
+    def __post_init__(self) -> None:
+        self.target = SearchTarget(
+            self.bundle.vectors, self.specs, self.indexes, filter_ids=self.bundle.filter_ids
+        )
 
     @property
     def version(self) -> str:
@@ -197,6 +202,9 @@ def load_bundle(
         devices: dict[str, str] = {}
         for name, spec in specs.items():
             indexes[name], devices[name] = place_index(spec, bundle.index(name), faiss_device)
+    except PlacementError as exc:
+        bundle.close()
+        raise StartupCheckError(str(exc)) from exc
     except (BundleError, VariantError) as exc:
         bundle.close()
         raise StartupCheckError(f"cannot load bundle {version_dir}: {exc}") from exc
@@ -224,43 +232,3 @@ def warm(loaded: LoadedBundle, queries: npt.NDArray[np.float32]) -> None:
         if valid.size:
             np.asarray(loaded.bundle.vectors[np.sort(valid)], dtype=np.float32)
     loaded.bundle.documents([0])
-
-
-_gpu_resources: Any = None
-_gpu_lock = threading.Lock()
-
-
-def faiss_gpus() -> int:
-    """GPUs visible to this FAISS build (0 for faiss-cpu)."""
-    if not hasattr(faiss, "StandardGpuResources"):
-        return 0
-    return int(faiss.get_num_gpus())
-
-
-def place_index(spec: VariantSpec, index: Any, want: FaissDevice) -> tuple[Any, str]:
-    """Move an index to GPU 0 when asked or available and FAISS has a GPU form of it.
-
-    ``cuda`` fails only when FAISS sees no GPU at all; variants without a GPU
-    form (HNSW graphs, plain scalar quantizers) stay on the CPU either way, and
-    /info says where each one lives.
-    """
-    if want == "cpu":
-        return index, "cpu"
-    if faiss_gpus() == 0:
-        if want == "cuda":
-            raise StartupCheckError("faiss_device=cuda, but this FAISS build sees no GPU")
-        return index, "cpu"
-    if spec.hnsw:
-        return index, "cpu"  # GPU FAISS has no HNSW; the graph stays on the CPU
-    global _gpu_resources
-    with _gpu_lock:
-        if _gpu_resources is None:
-            _gpu_resources = faiss.StandardGpuResources()
-        resources = _gpu_resources
-    try:
-        if spec.is_binary:
-            return faiss.GpuIndexBinaryFlat(resources, index), "cuda"
-        return faiss.index_cpu_to_gpu(resources, 0, index), "cuda"
-    except RuntimeError as exc:  # FAISS reports index types without a GPU form this way
-        logger.warning("variant %s stays on the CPU (no GPU form): %s", spec.name, exc)
-        return index, "cpu"

@@ -1,4 +1,4 @@
-"""The retrieval funnel in-process, against a numpy brute-force reference."""
+"""The search core on a served bundle, in-process, against a numpy brute-force reference."""
 
 from __future__ import annotations
 
@@ -8,12 +8,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from tandem.bundle.format import Bundle
+from tandem.bundle.placement import faiss_gpus
+from tandem.bundle.search import SearchPlan, search
+from tandem.evaluation.doc_side import DocSide
+from tandem.evaluation.runner import rank
 from tandem.models.encoder import Encoder
-from tandem.server.funnel import SearchPlan, run_funnel
+from tandem.server.search import Found, with_documents
 from tandem.server.state import (
     LoadedBundle,
     StartupCheckError,
-    faiss_gpus,
     load_bundle,
     resolve_version_dir,
     select_variants,
@@ -28,6 +31,11 @@ from tests.support.server import (
     exact_reference,
     first_pass_reference,
 )
+
+
+def run_funnel(loaded: LoadedBundle, queries: np.ndarray, plan: SearchPlan) -> Found:
+    """What a request runs: the search core on the loaded bundle, then its documents."""
+    return with_documents(loaded, search(loaded.target, queries, plan))
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +76,8 @@ def test_each_variant_matches_brute_force(
 ) -> None:
     k, oversample = 5, 2
     result = run_funnel(loaded, queries, plan(variant, k, rescore, oversample))
-    assert result.rescored is rescore
-    assert result.stages[0] == f"first_pass:{variant}"
+    assert result.ranked.rescored is rescore
+    assert result.ranked.stages[0] == f"first_pass:{variant}"
     for query, hits in zip(queries, result.hits, strict=True):
         ids = internal_ids(loaded.bundle, hits)
         scores = np.array([s for _, s in hits], dtype=np.float32)
@@ -107,7 +115,7 @@ def test_filter_keeps_only_matching_documents(
     result = run_funnel(loaded, queries, p)
     allowed = loaded.bundle.filter_ids({"topic": "climate"})
     assert 0 < allowed.size < N_DOCS
-    assert ("exact" in result.stages) is (exact_max > 0)
+    assert ("exact" in result.ranked.stages) is (exact_max > 0)
     for query, hits in zip(queries, result.hits, strict=True):
         assert all(doc.metadata["topic"] == "climate" for doc, _ in hits)
         reference = np.full(N_DOCS, -np.inf, dtype=np.float32)
@@ -169,3 +177,29 @@ def test_gpu_indexes_answer_like_cpu_ones(
                 np.testing.assert_allclose([s for _, s in a], [s for _, s in b], atol=1e-4)
     finally:
         gpu.retire()
+
+
+@pytest.mark.parametrize(
+    ("variant", "oversample"), [("f32-768", None), ("bin-768", 3), ("f32-256", 2), ("int8-768", 2)]
+)
+def test_evaluation_ranks_exactly_as_the_server(
+    loaded: LoadedBundle,
+    query_encoder: Encoder,
+    queries: np.ndarray,
+    variant: str,
+    oversample: int | None,
+) -> None:
+    """One search core: evaluation's ranking (with or without its score table) is the server's."""
+    docs = DocSide(
+        query_encoder, loaded.bundle.vectors, loaded.bundle.external_ids(), loaded.bundle
+    )
+    spec = loaded.specs[variant]
+    index, _ = docs.index(spec)
+    k = 7
+    served = run_funnel(loaded, queries, plan(variant, k, oversample is not None, oversample or 1))
+    table = docs.exact_scores(query_encoder.card.fingerprint, queries)
+    for with_table in (None, table):
+        scores, ids = rank(spec, index, docs, queries, k, oversample, 16, with_table)
+        for row, hits in enumerate(served.hits):
+            assert ids[row].tolist() == internal_ids(loaded.bundle, hits).tolist()
+            np.testing.assert_allclose(scores[row], [s for _, s in hits], rtol=1e-6, atol=1e-6)

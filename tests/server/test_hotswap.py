@@ -10,13 +10,13 @@ from pathlib import Path
 import anyio
 import httpx
 import pytest
+from tandem.bundle.search import SearchPlan, search
 from tandem.indexer.build import build_bundle
 from tandem.models.encoder import Encoder
 from tandem.server.app import create_app
-from tandem.server.funnel import SearchPlan, run_funnel
 from tandem.server.hotswap import Reloader
 from tandem.server.schemas import SearchOptions
-from tandem.server.search import SearchService
+from tandem.server.search import SearchService, with_documents
 from tandem.server.settings import ServerSettings
 from tandem.server.state import load_bundle, resolve_version_dir
 
@@ -54,7 +54,8 @@ def test_a_leased_bundle_stays_open_until_released(
     queries = query_encoder.encode(QUERIES[:1], "query")
     state.acquire()  # a request in flight
     state.retire()  # swapped out meanwhile
-    assert len(run_funnel(state, queries, plan).hits[0]) == 3  # still fully usable
+    found = with_documents(state, search(state.target, queries, plan))
+    assert len(found.hits[0]) == 3  # still fully usable
     state.release()
     assert state._closed
 
