@@ -114,6 +114,8 @@ class Encoder:
         precision: Precision = "fp32",
         device: Device = "auto",
         threads: int | None = None,
+        *,
+        spinning: bool = True,
     ) -> None:
         folder = Path(folder)
         if not (folder / "card.json").exists():
@@ -134,6 +136,10 @@ class Encoder:
         if threads:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spinning:
+            # Idle intra-op threads otherwise spin for a while after each run,
+            # taking cores from the tokenizer, FAISS and the event loop.
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(model_file), sess_options=options, providers=_providers(device)

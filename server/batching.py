@@ -35,18 +35,18 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
-
-from tandem.errors import TandemError
 from tandem.models.encoder import Encoder, TokenRows
 from tandem.server.errors import DeadlineExceeded, EncoderFailure, NotReady, Overloaded
 from tandem.server.metrics import Metrics
+
+from tandem.errors import TandemError
 
 logger = logging.getLogger(__name__)
 
@@ -122,6 +122,7 @@ class MicroBatcher:
         metrics: Metrics,
         stage: Stage | None = None,
         inline_when_idle: bool = True,
+        thread_init: Callable[[], None] | None = None,
     ) -> None:
         self.encoder = encoder
         self.max_batch_size = max_batch_size
@@ -141,7 +142,9 @@ class MicroBatcher:
         self._task: asyncio.Task[None] | None = None
         # One thread: ONNX Runtime already uses every core inside a run, and
         # two concurrent runs would only fight over them.
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tandem-embed")
+        self._executor = ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="tandem-embed", initializer=thread_init
+        )
 
     # -- lifecycle ---------------------------------------------------------
     def start(self) -> None:
@@ -304,7 +307,9 @@ class MicroBatcher:
                     item.future.set_exception(output)
                 else:
                     item.future.set_result(
-                        Embedded(ran.vectors[row : row + n], queue_s, ran.embed_s, len(batch), output)
+                        Embedded(
+                            ran.vectors[row : row + n], queue_s, ran.embed_s, len(batch), output
+                        )
                     )
             row += n
 
@@ -328,9 +333,7 @@ class MicroBatcher:
             if stage is not None:
                 stage.close()
 
-    def _forward(
-        self, rows: list[npt.NDArray[np.int64]]
-    ) -> tuple[npt.NDArray[np.float32], int]:
+    def _forward(self, rows: list[npt.NDArray[np.int64]]) -> tuple[npt.NDArray[np.float32], int]:
         """One ONNX run over all rows, or two length-sorted runs when that saves padding."""
         groups = split_by_length([len(r) for r in rows])
         if len(groups) == 1:

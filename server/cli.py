@@ -13,167 +13,103 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import inspect
 import logging
 import os
 import shutil
 import signal
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from types import UnionType
+from typing import Annotated, Any, Literal, NoReturn, Union, get_args, get_origin
 
 import typer
 import uvicorn
-from pydantic import ValidationError
+from pydantic import SecretStr, ValidationError
+from pydantic.fields import FieldInfo
 from tandem.server.metrics import MULTIPROC_ENV
-from tandem.server.settings import ServerSettings
+from tandem.server.settings import ENV_PREFIX, ServerSettings
 from tandem.server.state import StartupCheckError, preflight
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
+from tandem.errors import InvalidInput, TandemError, exit_code
+
 logger = logging.getLogger(__name__)
 
 APP_FACTORY = "tandem.server.app:create_app_from_env"
-EXIT_CONFIG = 2
 
 
-HELP = {
-    "bundle": "Bundle root (with `current`) or a version folder. Every flag is also an env "
-    "variable: TANDEM_<FLAG>, e.g. TANDEM_BUNDLE, TANDEM_API_KEY.",
-    "student": "Query encoder: artifact folder, aligned name or model spec.",
-    "host": "Interface to bind (default 0.0.0.0).",
-    "port": "Port to bind (default 8080).",
-    "workers": "uvicorn worker processes; each loads the student, indexes are shared via mmap.",
-    "variant": "Variant to serve (repeatable); the first is the default. Default: all.",
-    "allow_unaligned": "Serve a student not aligned to the bundle's teacher (poor results).",
-    "api_key": "Bearer key for the API and /admin; prefer TANDEM_API_KEY (flags show up in ps).",
-    "precision": "Student precision: fp32 or int8.",
-    "device": "Student device: auto, cpu or cuda.",
-    "faiss_device": "FAISS indexes on auto, cpu or cuda.",
-    "faiss_threads": "OpenMP threads per FAISS search (default 1: requests run in parallel).",
-    "threads": "onnxruntime intra-op threads per worker.",
-    "search_threads": "Threads running searches per worker.",
-    "max_batch_size": "Most queries per ONNX run (larger: more throughput, more latency).",
-    "max_batch_tokens": "Padded-token budget per ONNX run.",
-    "max_wait_ms": "Longest a query waits for batch company (only under concurrent load).",
-    "max_queue": "Queries admitted at once per worker; beyond it: 429.",
-    "request_timeout_s": "Per-request deadline; past it: 503.",
-    "max_k": "Largest k accepted.",
-    "max_batch_queries": "Most inputs in one batch request.",
-    "max_input_chars": "Characters kept per query before tokenization.",
-    "truncate": "Truncate over-long queries (and say so) or answer 422.",
-    "oversample": "Default candidates per result when rescoring.",
-    "rescore": "Default rescoring: auto, always or never.",
-    "ef_search": "HNSW efSearch.",
-    "watch_current": "Reload by itself when `current` moves.",
-    "served_model_name": "Model id in the OpenAI-compatible routes.",
-    "log_level": "critical, error, warning, info or debug.",
-    "log_queries": "Log every query text (off by default: queries may hold personal data).",
-    "retry_after_s": "Retry-After seconds on 429 and 503.",
-    "max_body_bytes": "Largest request body accepted (413 beyond).",
-    "filter_exact_max": "Filters matching at most this many docs are scored exactly.",
-    "max_candidates": "Most first-pass candidates rescored per query.",
-    "control_dir": "Folder through which workers share reload requests (default: a temp dir).",
-    "reload_poll_s": "How often workers look at the control folder (and `current`).",
-}
+# Settings that are not flags: set by the CLI itself for its workers.
+NOT_FLAGS = frozenset({"verified_version_dir"})
+# Flags whose negative form reads better than --no-<flag>.
+NEGATIVE = {"allow_unaligned": "--require-aligned"}
 
 
-def serve(
-    bundle: Annotated[Path | None, typer.Option("--bundle", help=HELP["bundle"])] = None,
-    student: Annotated[str | None, typer.Option("--student", help=HELP["student"])] = None,
-    host: Annotated[str | None, typer.Option("--host", help=HELP["host"])] = None,
-    port: Annotated[int | None, typer.Option("--port", help=HELP["port"])] = None,
-    workers: Annotated[int | None, typer.Option("--workers", help=HELP["workers"])] = None,
-    variant: Annotated[list[str] | None, typer.Option("--variant", help=HELP["variant"])] = None,
-    allow_unaligned: Annotated[
-        bool | None,
-        typer.Option("--allow-unaligned/--require-aligned", help=HELP["allow_unaligned"]),
-    ] = None,
-    api_key: Annotated[str | None, typer.Option("--api-key", help=HELP["api_key"])] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help=HELP["precision"])] = None,
-    device: Annotated[str | None, typer.Option("--device", help=HELP["device"])] = None,
-    faiss_device: Annotated[
-        str | None, typer.Option("--faiss-device", help=HELP["faiss_device"])
-    ] = None,
-    faiss_threads: Annotated[
-        int | None, typer.Option("--faiss-threads", help=HELP["faiss_threads"])
-    ] = None,
-    threads: Annotated[int | None, typer.Option("--threads", help=HELP["threads"])] = None,
-    search_threads: Annotated[
-        int | None, typer.Option("--search-threads", help=HELP["search_threads"])
-    ] = None,
-    max_batch_size: Annotated[
-        int | None, typer.Option("--max-batch-size", help=HELP["max_batch_size"])
-    ] = None,
-    max_batch_tokens: Annotated[
-        int | None, typer.Option("--max-batch-tokens", help=HELP["max_batch_tokens"])
-    ] = None,
-    max_wait_ms: Annotated[
-        float | None, typer.Option("--max-wait-ms", help=HELP["max_wait_ms"])
-    ] = None,
-    max_queue: Annotated[int | None, typer.Option("--max-queue", help=HELP["max_queue"])] = None,
-    request_timeout_s: Annotated[
-        float | None, typer.Option("--request-timeout-s", help=HELP["request_timeout_s"])
-    ] = None,
-    max_k: Annotated[int | None, typer.Option("--max-k", help=HELP["max_k"])] = None,
-    max_batch_queries: Annotated[
-        int | None, typer.Option("--max-batch-queries", help=HELP["max_batch_queries"])
-    ] = None,
-    max_input_chars: Annotated[
-        int | None, typer.Option("--max-input-chars", help=HELP["max_input_chars"])
-    ] = None,
-    truncate: Annotated[
-        bool | None, typer.Option("--truncate/--no-truncate", help=HELP["truncate"])
-    ] = None,
-    oversample: Annotated[int | None, typer.Option("--oversample", help=HELP["oversample"])] = None,
-    rescore: Annotated[str | None, typer.Option("--rescore", help=HELP["rescore"])] = None,
-    ef_search: Annotated[int | None, typer.Option("--ef-search", help=HELP["ef_search"])] = None,
-    watch_current: Annotated[
-        bool | None, typer.Option("--watch-current/--no-watch-current", help=HELP["watch_current"])
-    ] = None,
-    served_model_name: Annotated[
-        str | None, typer.Option("--served-model-name", help=HELP["served_model_name"])
-    ] = None,
-    log_level: Annotated[str | None, typer.Option("--log-level", help=HELP["log_level"])] = None,
-    log_queries: Annotated[
-        bool | None, typer.Option("--log-queries/--no-log-queries", help=HELP["log_queries"])
-    ] = None,
-    retry_after_s: Annotated[
-        int | None, typer.Option("--retry-after-s", help=HELP["retry_after_s"])
-    ] = None,
-    max_body_bytes: Annotated[
-        int | None, typer.Option("--max-body-bytes", help=HELP["max_body_bytes"])
-    ] = None,
-    filter_exact_max: Annotated[
-        int | None, typer.Option("--filter-exact-max", help=HELP["filter_exact_max"])
-    ] = None,
-    max_candidates: Annotated[
-        int | None, typer.Option("--max-candidates", help=HELP["max_candidates"])
-    ] = None,
-    control_dir: Annotated[
-        Path | None, typer.Option("--control-dir", help=HELP["control_dir"])
-    ] = None,
-    reload_poll_s: Annotated[
-        float | None, typer.Option("--reload-poll-s", help=HELP["reload_poll_s"])
-    ] = None,
-) -> None:
+def _flag_type(annotation: Any) -> tuple[Any, dict[str, Any]]:
+    """The typer type (always optional: unset flags fall back to env and defaults)."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if get_origin(annotation) is Annotated:
+        return _flag_type(args[0])
+    if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+        return _flag_type(args[0])
+    if get_origin(annotation) is Literal:
+        return annotation | None, {}
+    if get_origin(annotation) is list:
+        return list[str] | None, {}
+    if annotation is SecretStr:
+        return str | None, {}
+    return annotation | None, {}
+
+
+def _help(name: str, field: FieldInfo) -> str:
+    if not field.description:
+        raise TypeError(f"ServerSettings.{name} needs a description: it is a flag's help")
+    text = field.description[0].upper() + field.description[1:]
+    return f"{text}. [env: {ENV_PREFIX}{name.upper()}]"
+
+
+def settings_parameters() -> list[inspect.Parameter]:
+    """One keyword parameter per ``ServerSettings`` field: a knob is one ``Field``."""
+    params = []
+    for name, field in ServerSettings.model_fields.items():
+        if name in NOT_FLAGS:
+            continue
+        kind, extra = _flag_type(field.annotation)
+        flag = "--" + name.replace("_", "-")
+        if field.annotation is bool:
+            flag = f"{flag}/{NEGATIVE.get(name, '--no-' + name.replace('_', '-'))}"
+        option = typer.Option(flag, help=_help(name, field), show_default=False, **extra)
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=None,
+                annotation=Annotated[kind, option],
+            )
+        )
+    return params
+
+
+def serve(**flags: Any) -> None:
     """Serve /search, /search/batch and /v1/embeddings over a bundle with an ONNX student.
 
     Every flag is also an environment variable: TANDEM_ plus the flag name in
     capitals with underscores (TANDEM_API_KEY, TANDEM_MAX_QUEUE, ...).
     """
-    flags = {name: value for name, value in locals().items() if value is not None}
+    flags = {name: value for name, value in flags.items() if value is not None}
     if flags.get("variant") == []:
         flags.pop("variant")
     try:
         settings = ServerSettings(**flags)
     except ValidationError as exc:
-        _fail(f"invalid settings:\n{exc}")
+        _fail(InvalidInput(f"invalid settings:\n{exc}"))
     try:
         version_dir = preflight(
             settings.bundle, settings.student, settings.variant, settings.allow_unaligned
         )
     except StartupCheckError as exc:
-        _fail(str(exc))
+        _fail(exc)
     logger.info("bundle %s verified; starting %d worker(s)", version_dir, settings.workers)
     run_dir = Path(tempfile.mkdtemp(prefix="tandem-serve-")) if settings.workers > 1 else None
     env = settings.to_env()
@@ -187,6 +123,32 @@ def serve(
     finally:
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+_PARAMS = settings_parameters()
+serve.__signature__ = inspect.Signature(_PARAMS, return_annotation=None)  # type: ignore[attr-defined]
+serve.__annotations__ = {p.name: p.annotation for p in _PARAMS} | {"return": None}
+
+
+def settings_table() -> str:
+    """The README's table of settings, generated from the same fields as the flags."""
+    lines = ["| flag | environment | default | what it does |", "|---|---|---|---|"]
+    for name, field in ServerSettings.model_fields.items():
+        if name in NOT_FLAGS:
+            continue
+        default = (
+            "required" if field.is_required() else field.get_default(call_default_factory=True)
+        )
+        if default in (None, []):
+            default = "-"
+        elif isinstance(default, bool):
+            default = str(default).lower()
+        description = (field.description or "").replace("|", "\\|")
+        lines.append(
+            f"| `--{name.replace('_', '-')}` | `{ENV_PREFIX}{name.upper()}` | `{default}` "
+            f"| {description} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def run(settings: ServerSettings) -> None:
@@ -265,6 +227,6 @@ def _prepare_multiprocess_metrics(run_dir: Path | None) -> None:
         os.environ[MULTIPROC_ENV] = str(folder)
 
 
-def _fail(message: str) -> NoReturn:
-    typer.echo(f"tandem serve: {message}", err=True)
-    raise typer.Exit(EXIT_CONFIG)
+def _fail(error: TandemError) -> NoReturn:
+    typer.echo(f"tandem serve: {error.message}", err=True)
+    raise typer.Exit(exit_code(error))

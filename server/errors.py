@@ -18,10 +18,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from tandem.server.schemas import ErrorBody
 
 from tandem.errors import (
-    Conflict,
     ConfigError,
+    Conflict,
     DataError,
     Forbidden,
     InvalidInput,
@@ -32,7 +33,6 @@ from tandem.errors import (
     Unauthorized,
     Unavailable,
 )
-from tandem.server.schemas import ErrorBody
 
 logger = logging.getLogger(__name__)
 

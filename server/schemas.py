@@ -21,8 +21,8 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
 
-class SearchOptions(_Request):
-    """Options shared by single and batch search."""
+class SearchOptionsBody(_Request):
+    """Options shared by single and batch search (``tandem.server.domain.SearchOptions``)."""
 
     k: int = Field(10, ge=1, le=1000, description="results per query")
     variant: str | None = Field(None, description="index variant; default: the server's")
@@ -32,16 +32,22 @@ class SearchOptions(_Request):
     oversample: int | None = Field(None, ge=1, le=50, description="candidates per result")
     include_text: bool = True
     include_metadata: bool = True
+    fields: list[Literal["id", "score", "text", "metadata"]] | None = Field(
+        None,
+        description="what each hit carries; id and score always come. "
+        'E.g. ["id", "score"] skips document text and metadata (smaller, faster answers). '
+        "Overrides include_text and include_metadata",
+    )
     filter: dict[str, FilterValue] | None = Field(
         None, description="metadata equality: every key must equal its value"
     )
 
 
-class SearchRequest(SearchOptions):
+class SearchRequest(SearchOptionsBody):
     query: str
 
 
-class BatchSearchRequest(SearchOptions):
+class BatchSearchRequest(SearchOptionsBody):
     queries: list[str] = Field(min_length=1)
 
 
@@ -60,6 +66,7 @@ class Timings(BaseModel):
     embed: float
     search: float
     rescore: float
+    fetch: float = Field(0.0, description="reading the hits' documents")
     total: float
 
 

@@ -1,21 +1,24 @@
-"""The search service: the only thing routes talk to.
+"""The search service: domain types in, hits and stage timings out; no HTTP.
 
-query text -> checks -> admission -> tokenize -> micro-batched student
-embedding -> funnel (first pass, optional rescoring) on the bundle current at
-that moment -> response. The service owns the student, the batcher, the
-search thread pool and the reference to the served bundle; ``swap`` replaces
-that reference atomically (requests already searching keep their lease on
-the old bundle until they finish).
+texts -> checks (``validation``) -> admission -> tokenize once (per-row ids
+and truncation flags) -> micro-batch: one padded merge, one ONNX run, then
+one search stage for the whole batch (``tandem.bundle.search.search`` per
+group of requests sharing a plan, and one docstore read for every hit of the
+batch) -> ``QueryResult`` per query. The service owns the student, the
+batcher and the reference to the served bundle; ``swap`` replaces that
+reference atomically (a batch already searching keeps its lease on the old
+bundle until it finishes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import faiss
 import numpy as np
@@ -23,19 +26,12 @@ import numpy.typing as npt
 from tandem.bundle.format import BundleError, Document
 from tandem.bundle.search import Ranked, SearchPlan, search
 from tandem.bundle.variants import truncate_normalize
-from tandem.models.encoder import Encoder, EncoderError, TokenBatch
-from tandem.server.batching import Embedded, MicroBatcher, merge_token_batches
-from tandem.server.errors import (
-    BundleFailure,
-    DeadlineExceeded,
-    EmptyQuery,
-    InvalidRequest,
-    QueryTooLong,
-    ServerError,
-    UnknownVariant,
-)
+from tandem.models.encoder import Encoder, EncoderError, TokenRows
+from tandem.server import validation
+from tandem.server.batching import MicroBatcher, StageRun
+from tandem.server.domain import Embeddings, Hit, QueryResult, SearchOptions, StageTimings
+from tandem.server.errors import BundleFailure, UnknownVariant
 from tandem.server.metrics import Metrics
-from tandem.server.schemas import FilterValue, Hit, SearchOptions, SearchResponse, Timings
 from tandem.server.settings import ServerSettings
 from tandem.server.state import (
     LoadedBundle,
@@ -46,14 +42,17 @@ from tandem.server.state import (
     warm,
 )
 
+from tandem.errors import TandemError
+
 logger = logging.getLogger(__name__)
 
 WARMUP_TEXT = "a short warm-up query"
 # Tokenizing a few short queries costs microseconds: do it on the event loop.
 # Larger requests go to a thread so they never stall other requests.
 INLINE_TOKENIZE_CHARS = 2048
-# SQLite compares metadata as 64-bit integers; larger ones cannot be bound.
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+# A batch may search on the event loop (when the server is idle) only if a flat
+# scan reads at most this many stored values: ~5 ms of one core.
+INLINE_SEARCH_VALUES = 1 << 25
 
 
 class SearchService:
@@ -80,16 +79,18 @@ class SearchService:
             max_queue=settings.max_queue,
             retry_after_s=settings.retry_after_s,
             metrics=metrics,
+            stage=_SearchStage(self),
+            inline_when_idle=settings.inline_when_idle,
+            thread_init=self._thread_init,
         )
-        # OpenMP thread counts are per calling thread: set them in each search thread.
-        self._pool = ThreadPoolExecutor(
-            settings.search_threads,
-            thread_name_prefix="tandem-search",
-            initializer=faiss.omp_set_num_threads,
-            initargs=(settings.faiss_threads,),
-        )
+        # Tokenizes requests too large to tokenize on the event loop.
+        self._tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="tandem-tokenize")
         self.started = False
         self.draining = False
+
+    def _thread_init(self) -> None:
+        # OpenMP thread counts are per calling thread: set them where searches run.
+        faiss.omp_set_num_threads(self.settings.faiss_threads)
 
     @classmethod
     def load(cls, settings: ServerSettings, metrics: Metrics) -> SearchService:
@@ -101,6 +102,7 @@ class SearchService:
                 settings.precision,
                 settings.device,
                 settings.threads,
+                spinning=settings.onnx_spinning,
             )
         except EncoderError as exc:
             raise StartupCheckError(f"student {settings.student!r}: {exc}") from exc
@@ -132,6 +134,7 @@ class SearchService:
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
+        self._thread_init()  # the event loop's thread searches when the server is idle
         self.batcher.start()
         card = self.encoder.card
         self.metrics.model_info.labels(
@@ -149,7 +152,7 @@ class SearchService:
         self.draining = True
         self.metrics.ready.set(0)
         await self.batcher.stop()
-        self._pool.shutdown(wait=True)
+        self._tokenizer_pool.shutdown(wait=True)
         self._loaded.retire()
 
     @property
@@ -162,11 +165,11 @@ class SearchService:
             return False
         if not self.batcher.healthy:
             # TEI's health check: after a failed batch, probe the encoder again.
-            tokens = self.encoder.tokenize([WARMUP_TEXT], "query")
+            rows = self.encoder.tokenize_rows([WARMUP_TEXT], "query")
             deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
             try:
-                await self.batcher.embed(tokens, deadline)
-            except ServerError as exc:  # the batcher reports every failure as one
+                await self.batcher.embed(rows, deadline)
+            except TandemError as exc:  # the batcher reports every failure as one
                 logger.warning("readiness probe failed: %s", exc)
         return self.batcher.healthy
 
@@ -193,50 +196,47 @@ class SearchService:
             )
 
     # -- search ------------------------------------------------------------
-    async def search(self, queries: list[str], options: SearchOptions) -> list[SearchResponse]:
+    async def search(self, queries: list[str], options: SearchOptions) -> list[QueryResult]:
         """Answer each query with the same options (one item of the micro-batch for all)."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.settings.request_timeout_s
-        if len(queries) > self.settings.max_batch_queries:
-            raise InvalidRequest(
-                f"{len(queries)} queries in one request; the limit is "
-                f"{self.settings.max_batch_queries}"
-            )
-        texts, cut = self._check_texts(queries)
+        deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
+        validation.check_count(len(queries), self.settings)
+        texts, cut = validation.check_texts(queries, self.settings)
+        validation.check_options(options, self.settings)
         if self.settings.log_queries:
             logger.info("search k=%d variant=%s queries=%r", options.k, options.variant, texts)
-        self._plan(self._loaded, options)  # refuse bad options before taking a slot
+        self.plan(self._loaded, options)  # refuse bad options before taking a slot
         with self.batcher.admission(len(texts)):
-            tokens, truncated, tokenize_s = await self._tokenize(texts)
-            embedded = await self.batcher.embed(tokens, deadline)
-            loaded = self._loaded  # the bundle current now, after any swap
-            plan = self._plan(loaded, options)
-            result = await self._run_funnel(loaded, embedded.vectors, plan, deadline)
-        total_s = time.perf_counter() - started
-        return self._responses(
-            plan,
-            options,
-            result,
-            embedded,
-            tokenize_s,
-            total_s,
-            [a or b for a, b in zip(cut, truncated, strict=True)],
+            rows, tokenize_s = await self._tokenize(texts)
+            embedded = await self.batcher.embed(rows, deadline, job=options)
+        found: _Found = embedded.output
+        timings = StageTimings(
+            queue_s=embedded.queue_s,
+            tokenize_s=tokenize_s,
+            embed_s=embedded.embed_s,
+            search_s=found.search_s,
+            rescore_s=found.rescore_s,
+            fetch_s=found.fetch_s,
+            total_s=time.perf_counter() - started,
         )
+        m = self.metrics
+        m.tokenize_seconds.observe(tokenize_s)
+        m.search_seconds.labels(variant=found.variant).observe(found.search_s)
+        if found.rescored and found.rescore_s:
+            m.rescore_seconds.labels(variant=found.variant).observe(found.rescore_s)
+        return [
+            QueryResult(hits, found.variant, found.rescored, found.stages, c or t, timings)
+            for hits, c, t in zip(found.hits, cut, rows.truncated, strict=True)
+        ]
 
-    def _plan(self, loaded: LoadedBundle, options: SearchOptions) -> SearchPlan:
+    def plan(self, loaded: LoadedBundle, options: SearchOptions) -> SearchPlan:
+        """Resolve options against a bundle and the server's defaults."""
         variant = options.variant or loaded.default_variant
         spec = loaded.specs.get(variant)
         if spec is None:
             raise UnknownVariant(
                 f"unknown variant {variant!r}; this server serves: {', '.join(loaded.specs)}"
             )
-        if options.k > self.settings.max_k:
-            raise InvalidRequest(
-                f"k={options.k} is above this server's max_k={self.settings.max_k}"
-            )
-        if options.filter:
-            _check_filter(options.filter)
         rescore = options.rescore
         if rescore is None:
             mode = self.settings.rescore
@@ -253,215 +253,166 @@ class SearchService:
             max_candidates=self.settings.max_candidates,
         )
 
-    async def _run_funnel(
-        self,
-        loaded: LoadedBundle,
-        queries: npt.NDArray[np.float32],
-        plan: SearchPlan,
-        deadline: float,
-    ) -> Found:
-        loaded.acquire()
-
-        def job() -> Found:
-            # The lease is returned by the thread itself: if the request is
-            # cancelled meanwhile, the bundle still cannot close under it.
-            try:
-                return with_documents(loaded, search(loaded.target, queries, plan))
-            finally:
-                loaded.release()
-
-        try:
-            future = asyncio.get_running_loop().run_in_executor(self._pool, job)
-        except BaseException:
-            loaded.release()
-            raise
-        try:
-            async with asyncio.timeout_at(deadline):
-                return await future
-        except TimeoutError:
-            self.metrics.rejected.labels(reason="deadline").inc()
-            raise DeadlineExceeded(
-                "deadline exceeded during search",
-                headers={"Retry-After": str(self.settings.retry_after_s)},
-            ) from None
-        except (BundleError, KeyError, RuntimeError) as exc:
-            raise BundleFailure(f"search failed on bundle {loaded.version}: {exc}") from exc
-
-    def _responses(
-        self,
-        plan: SearchPlan,
-        options: SearchOptions,
-        result: Found,
-        embedded: Embedded,
-        tokenize_s: float,
-        total_s: float,
-        truncated: list[bool],
-    ) -> list[SearchResponse]:
-        m = self.metrics
-        m.tokenize_seconds.observe(tokenize_s)
-        ranked = result.ranked
-        m.search_seconds.labels(variant=plan.variant).observe(ranked.search_s)
-        if ranked.rescored and ranked.rescore_s:
-            m.rescore_seconds.labels(variant=plan.variant).observe(ranked.rescore_s)
-        timings = Timings(
-            queue=embedded.queue_s * 1e3,
-            tokenize=tokenize_s * 1e3,
-            embed=embedded.embed_s * 1e3,
-            search=ranked.search_s * 1e3,
-            rescore=ranked.rescore_s * 1e3,
-            total=total_s * 1e3,
-        )
-        out = []
-        for hits, cut in zip(result.hits, truncated, strict=True):
-            results = [
-                Hit(
-                    id=doc.id,
-                    score=score,
-                    text=doc.text if options.include_text else None,
-                    metadata=doc.metadata if options.include_metadata else None,
-                )
-                for doc, score in hits
-            ]
-            out.append(
-                SearchResponse(
-                    results=results,
-                    variant=plan.variant,
-                    rescored=ranked.rescored,
-                    stages=ranked.stages,
-                    timings_ms=timings,
-                    truncated=cut,
-                )
-            )
-        return out
-
     # -- embeddings --------------------------------------------------------
-    async def embed(
-        self, texts: list[str], dimensions: int | None
-    ) -> tuple[npt.NDArray[np.float32], int]:
-        """Student embeddings (n, dimensions or dim), L2-normalized; and the token count."""
+    async def embed(self, texts: list[str], dimensions: int | None) -> Embeddings:
+        """Student embeddings (n, dimensions or dim), L2-normalized, and the token count."""
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
-        if not texts:
-            raise InvalidRequest("input is empty")
-        if len(texts) > self.settings.max_batch_queries:
-            raise InvalidRequest(
-                f"{len(texts)} inputs in one request; "
-                f"the limit is {self.settings.max_batch_queries}"
-            )
-        if dimensions is not None and dimensions > self.encoder.dim:
-            raise InvalidRequest(
-                f"dimensions={dimensions} is above the model's {self.encoder.dim} dimensions"
-            )
-        texts, _cut = self._check_texts(texts, "input")
+        validation.check_count(len(texts), self.settings, "inputs")
+        validation.check_dimensions(dimensions, self.encoder.dim)
+        texts, cut = validation.check_texts(texts, self.settings, "input")
         if self.settings.log_queries:
             logger.info("embeddings inputs=%r", texts)
         with self.batcher.admission(len(texts)):
-            tokens, _truncated, tokenize_s = await self._tokenize(texts)
+            rows, tokenize_s = await self._tokenize(texts)
             self.metrics.tokenize_seconds.observe(tokenize_s)
-            embedded = await self.batcher.embed(tokens, deadline)
+            embedded = await self.batcher.embed(rows, deadline)
         vectors = embedded.vectors
         if dimensions is not None and dimensions < vectors.shape[1]:
             vectors = truncate_normalize(vectors, dimensions)  # (n, dimensions)
-        return vectors, int(tokens.attention_mask.sum())
+        truncated = [a or b for a, b in zip(cut, rows.truncated, strict=True)]
+        return Embeddings(vectors, rows.n_tokens, truncated)
 
-    # -- shared input handling ----------------------------------------------
-    def _check_texts(self, texts: list[str], noun: str = "query") -> tuple[list[str], list[bool]]:
-        """Refuse empty or unencodable texts; cut (or refuse) texts past max_input_chars."""
-        limit = self.settings.max_input_chars
-        out, cut = [], []
-        for i, text in enumerate(texts):
-            where = f"{noun} {i}" if len(texts) > 1 else noun
-            if not text.strip():
-                raise EmptyQuery(f"{where} is empty")
-            if problem := _text_problem(text):
-                raise InvalidRequest(f"{where} {problem}")
-            if len(text) > limit:
-                if not self.settings.truncate:
-                    raise QueryTooLong(f"{where} has {len(text)} characters; the limit is {limit}")
-                text = text[:limit]
-            out.append(text)
-            cut.append(len(text) < len(texts[i]))
-        return out, cut
-
-    async def _tokenize(self, texts: list[str]) -> tuple[TokenBatch, list[bool], float]:
+    async def _tokenize(self, texts: list[str]) -> tuple[TokenRows, float]:
+        started = time.perf_counter()
         if sum(len(t) for t in texts) <= INLINE_TOKENIZE_CHARS:
-            tokens, truncated, seconds = self._tokenize_sync(texts)
+            rows = self.encoder.tokenize_rows(texts, "query")
         else:
             loop = asyncio.get_running_loop()
-            tokens, truncated, seconds = await loop.run_in_executor(
-                self._pool, self._tokenize_sync, texts
+            rows = await loop.run_in_executor(
+                self._tokenizer_pool, self.encoder.tokenize_rows, texts, "query"
             )
-        if any(truncated) and not self.settings.truncate:
-            first = truncated.index(True)
-            raise QueryTooLong(
-                f"query {first} is longer than the encoder's {self.encoder.card.max_length} tokens"
-            )
-        return tokens, truncated, seconds
-
-    def _tokenize_sync(self, texts: list[str]) -> tuple[TokenBatch, list[bool], float]:
-        started = time.perf_counter()
-        # One text at a time: the encoder reports truncation per batch, we need it per query.
-        parts = [self.encoder.tokenize([t], "query") for t in texts]
-        merged = merge_token_batches(parts, self.encoder.pad_id)
-        return merged, [p.n_truncated > 0 for p in parts], time.perf_counter() - started
+        validation.check_token_truncation(
+            rows.truncated, self.settings, self.encoder.card.max_length
+        )
+        return rows, time.perf_counter() - started
 
 
 @dataclass(frozen=True)
-class Found:
-    """The core's ranking plus the documents of its hits, per query."""
+class _Found:
+    """One request's share of a batch's search stage."""
 
-    ranked: Ranked
-    hits: list[list[tuple[Document, float]]]
-
-
-def with_documents(loaded: LoadedBundle, ranked: Ranked) -> Found:
-    """Fetch the documents of every hit of a group of queries in one docstore read."""
-    flat = [int(i) for row in ranked.ids for i in row]
-    docs = loaded.bundle.documents(flat) if flat else []
-    hits: list[list[tuple[Document, float]]] = []
-    pos = 0
-    for row_ids, row_scores in zip(ranked.ids, ranked.scores, strict=True):
-        n = len(row_ids)
-        hits.append(list(zip(docs[pos : pos + n], (float(x) for x in row_scores), strict=True)))
-        pos += n
-    return Found(ranked, hits)
+    hits: list[list[Hit]]  # per query, best first
+    variant: str
+    rescored: bool
+    stages: list[str]
+    search_s: float
+    rescore_s: float
+    fetch_s: float
 
 
-def _text_problem(text: str) -> str | None:
-    """Why a text cannot be searched, or None: NUL characters and lone surrogates.
+class _SearchStage:
+    """The batcher's stage: search every request of a batch on the bundle current now."""
 
-    A lone surrogate (``"\\ud800"`` is valid JSON) cannot be encoded to UTF-8, so
-    neither the tokenizer nor SQLite accepts it; a NUL is almost always binary
-    data sent by mistake. Both are refused with the position to fix.
-    """
-    nul = text.find("\x00")
-    if nul >= 0:
-        return f"contains a NUL character (\\u0000) at position {nul}; remove it"
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        return (
-            f"contains a lone surrogate ({text[exc.start]!r}) at position {exc.start}; "
-            "send valid Unicode text"
-        )
-    return None
+    def __init__(self, service: SearchService) -> None:
+        self.service = service
+
+    def open(self) -> StageRun:
+        loaded = self.service.loaded
+        loaded.acquire()  # returned by the run's close(), in whatever thread it ends
+        return _SearchRun(self.service, loaded)
 
 
-def _check_filter(equals: dict[str, FilterValue]) -> None:
-    """Refuse filters SQLite cannot evaluate, naming the key to fix."""
-    for key, value in equals.items():
-        if not key or '"' in key or _text_problem(key):
-            raise InvalidRequest(
-                f"unsupported metadata key {key!r} in filter: "
-                "use non-empty text without double quotes, NUL or lone surrogates"
+class _SearchRun:
+    def __init__(self, service: SearchService, loaded: LoadedBundle) -> None:
+        self.service = service
+        self.loaded = loaded
+        flat = [s for s in loaded.specs.values() if not s.hnsw]
+        widest = max((s.dim for s in flat), default=0)
+        self.inline_ok = loaded.n_docs * widest <= INLINE_SEARCH_VALUES
+
+    def close(self) -> None:
+        self.loaded.release()
+
+    def __call__(
+        self, jobs: Sequence[Any], vectors: Sequence[npt.NDArray[np.float32]]
+    ) -> list[Any]:
+        """Group the batch's requests by plan: one core search per group, one docstore read."""
+        outputs: list[Any] = [None] * len(jobs)
+        groups: dict[str, list[int]] = {}
+        plans: dict[int, SearchPlan] = {}
+        for j, options in enumerate(jobs):
+            if options is None:
+                continue
+            try:
+                plan = self.service.plan(self.loaded, options)
+            except TandemError as exc:  # the variant left with a swapped bundle
+                outputs[j] = exc
+                continue
+            plans[j] = plan
+            groups.setdefault(repr(plan), []).append(j)
+        ranked: dict[int, tuple[Ranked, int, int]] = {}  # job -> (group result, first row, rows)
+        for members in groups.values():
+            try:
+                result = search(
+                    self.loaded.target, np.vstack([vectors[j] for j in members]), plans[members[0]]
+                )
+            except (BundleError, KeyError, RuntimeError, ValueError) as exc:
+                failure = BundleFailure(f"search failed on bundle {self.loaded.version}: {exc}")
+                for j in members:
+                    outputs[j] = failure
+                continue
+            row = 0
+            for j in members:
+                ranked[j] = (result, row, len(vectors[j]))
+                row += len(vectors[j])
+        started = time.perf_counter()
+        try:
+            docs = self._documents(ranked, jobs)
+        except BundleError as exc:
+            failure = BundleFailure(f"reading documents of bundle {self.loaded.version}: {exc}")
+            return [failure if j in ranked else out for j, out in enumerate(outputs)]
+        fetch_s = time.perf_counter() - started
+        for j, (result, first, n) in ranked.items():
+            options: SearchOptions = jobs[j]
+            hits = [
+                _hits(result.ids[q], result.scores[q], docs, options)
+                for q in range(first, first + n)
+            ]
+            outputs[j] = _Found(
+                hits,
+                plans[j].variant,
+                result.rescored,
+                result.stages,
+                result.search_s,
+                result.rescore_s,
+                fetch_s,
             )
-        if isinstance(value, str) and (problem := _text_problem(value)):
-            raise InvalidRequest(f"filter value of {key!r} {problem}")
-        if isinstance(value, bool):
-            continue
-        if isinstance(value, int) and not INT64_MIN <= value <= INT64_MAX:
-            raise InvalidRequest(f"filter value of {key!r} is outside the 64-bit integer range")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidRequest(f"filter value of {key!r} must be a finite number")
+        return outputs
+
+    def _documents(
+        self, ranked: dict[int, tuple[Ranked, int, int]], jobs: Sequence[Any]
+    ) -> dict[int, Document]:
+        """Every hit of the batch in one docstore read (ids ascending, no repeats)."""
+        wanted: set[int] = set()
+        for _j, (result, first, n) in ranked.items():
+            for q in range(first, first + n):
+                wanted.update(result.ids[q].tolist())
+        if not wanted:
+            return {}
+        iids = sorted(wanted)
+        return dict(zip(iids, self.loaded.bundle.documents(iids), strict=True))
+
+
+def _hits(
+    ids: npt.NDArray[np.int64],
+    scores: npt.NDArray[np.float32],
+    docs: dict[int, Document],
+    options: SearchOptions,
+) -> list[Hit]:
+    text = "text" in options.fields
+    metadata = "metadata" in options.fields
+    out = []
+    for iid, score in zip(ids.tolist(), scores.tolist(), strict=True):
+        doc = docs[iid]
+        out.append(
+            Hit(
+                doc.id,
+                score,
+                doc.text if text else None,
+                doc.metadata if metadata else None,
+            )
+        )
+    return out
 
 
 def _bundle_labels(loaded: LoadedBundle) -> dict[str, str]:

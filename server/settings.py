@@ -36,7 +36,9 @@ class ServerSettings(BaseSettings):
     allow_unaligned: bool = Field(
         False, description="serve a student that is not aligned to the bundle's teacher"
     )
-    precision: Literal["fp32", "int8"] = "fp32"
+    precision: Literal["fp32", "int8"] = Field(
+        "fp32", description="student weights: int8 is faster on CPU (check its quality first)"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="student execution provider; auto picks CUDA when onnxruntime has it"
     )
@@ -50,16 +52,27 @@ class ServerSettings(BaseSettings):
         description="OpenMP threads per FAISS search; requests already run in parallel, and "
         "an OpenMP team per single-query search costs more than it saves",
     )
-    search_threads: int = Field(4, ge=1, description="threads running first pass + rescoring")
+    onnx_spinning: bool = Field(
+        True,
+        description="let onnxruntime's idle threads spin between runs (lower latency when "
+        "the student has the cores to itself; off leaves them to FAISS and the event loop)",
+    )
+    inline_when_idle: bool = Field(
+        True,
+        description="run a small batch (embedding + search) on the event loop when nothing "
+        "else is in flight, saving the thread hops; off always uses the worker thread",
+    )
 
     # Network.
-    host: str = "0.0.0.0"
-    port: int = Field(8080, ge=0, le=65535)
+    host: str = Field("0.0.0.0", description="interface to bind")
+    port: int = Field(8080, ge=0, le=65535, description="port to bind")
     workers: int = Field(1, ge=1, description="uvicorn worker processes; indexes are mmap-shared")
     api_key: SecretStr | None = Field(
         None, description="Bearer key for everything but probes and /metrics; enables /admin"
     )
-    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="least severe log level written"
+    )
     log_queries: bool = Field(
         False,
         description="log the text of every query and embeddings input (at info); off by "
@@ -86,7 +99,7 @@ class ServerSettings(BaseSettings):
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 429 and 503")
 
     # Request limits and search defaults.
-    max_k: int = Field(1000, ge=1, le=1000)
+    max_k: int = Field(1000, ge=1, le=1000, description="largest k a request may ask for")
     max_batch_queries: int = Field(64, ge=1, description="most inputs in one batch request")
     max_input_chars: int = Field(
         20_000, ge=16, description="characters per query kept before tokenization"

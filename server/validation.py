@@ -51,7 +51,9 @@ def check_texts(
     return out, cut
 
 
-def check_token_truncation(truncated: list[bool], settings: ServerSettings, max_length: int) -> None:
+def check_token_truncation(
+    truncated: list[bool], settings: ServerSettings, max_length: int
+) -> None:
     """Without ``truncate``, a text past the encoder's maximum length is refused."""
     if any(truncated) and not settings.truncate:
         first = truncated.index(True)
@@ -67,9 +69,7 @@ def check_options(options: SearchOptions, settings: ServerSettings) -> None:
 
 def check_dimensions(dimensions: int | None, model_dim: int) -> None:
     if dimensions is not None and dimensions > model_dim:
-        raise InvalidRequest(
-            f"dimensions={dimensions} is above the model's {model_dim} dimensions"
-        )
+        raise InvalidRequest(f"dimensions={dimensions} is above the model's {model_dim} dimensions")
 
 
 def text_problem(text: str) -> str | None:

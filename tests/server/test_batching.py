@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from tandem.models.encoder import Encoder, TokenBatch
-from tandem.server.batching import MicroBatcher, merge_token_batches
+from tandem.models.encoder import Encoder, TokenRows
+from tandem.server.batching import MicroBatcher, split_by_length
 from tandem.server.errors import DeadlineExceeded, EncoderFailure, Overloaded
 from tandem.server.metrics import Metrics
 
@@ -46,8 +46,8 @@ async def batcher(student: Encoder) -> AsyncIterator[MicroBatcher]:
     await b.stop()
 
 
-def tokens(encoder: Encoder, text: str) -> TokenBatch:
-    return encoder.tokenize([text], "query")
+def tokens(encoder: Encoder, text: str) -> TokenRows:
+    return encoder.tokenize_rows([text], "query")
 
 
 def deadline(seconds: float = 30.0) -> float:
@@ -99,7 +99,7 @@ async def test_admission_refuses_beyond_the_bound(student: Encoder) -> None:
         with pytest.raises(Overloaded) as refused:
             with b.admission(2):
                 pass
-        assert refused.value.headers["Retry-After"] == "1"
+        assert refused.value.retry_after_s == 1
         with b.admission(1):
             assert b.admitted == 3
     assert b.admitted == 0
@@ -128,7 +128,7 @@ async def test_a_failed_batch_fails_every_waiter_and_then_recovers(
     batcher: MicroBatcher, student: Encoder
 ) -> None:
     good = tokens(student, "fine")
-    bad = TokenBatch(np.full((1, 4), 10**9, dtype=np.int64), np.ones((1, 4), dtype=np.int64), 0)
+    bad = TokenRows([np.full(4, 10**9, dtype=np.int64)], [False])
     outcomes = await asyncio.gather(
         batcher.embed(good, deadline()), batcher.embed(bad, deadline()), return_exceptions=True
     )
@@ -140,12 +140,43 @@ async def test_a_failed_batch_fails_every_waiter_and_then_recovers(
     assert batcher.healthy
 
 
-def test_merge_pads_to_the_longest(student: Encoder) -> None:
-    parts = [tokens(student, t) for t in TEXTS]
-    merged = merge_token_batches(parts, student.pad_id)
+def test_rows_are_padded_once_to_the_longest(student: Encoder) -> None:
+    rows = student.tokenize_rows(TEXTS, "query")
+    merged = student.pad_rows(rows.ids)
     assert merged.size == len(TEXTS)
-    assert merged.input_ids.shape[1] == max(p.input_ids.shape[1] for p in parts)
-    for row, part in enumerate(parts):
-        n = part.input_ids.shape[1]
-        assert (merged.input_ids[row, :n] == part.input_ids[0]).all()
-        assert merged.attention_mask[row, n:].sum() == 0
+    assert merged.input_ids.shape[1] == rows.longest == max(len(r) for r in rows.ids)
+    for row, ids in enumerate(rows.ids):
+        assert (merged.input_ids[row, : len(ids)] == ids).all()
+        assert merged.attention_mask[row, len(ids) :].sum() == 0
+    # Padding does not change a row's embedding (the mask hides it).
+    np.testing.assert_allclose(
+        student.forward(merged), student.encode(TEXTS, "query"), atol=1e-5
+    )
+
+
+def test_truncation_is_flagged_per_row(student: Encoder) -> None:
+    long = "word " * (student.card.max_length * 2)
+    rows = student.tokenize_rows(["short", long, "also short"], "query")
+    assert rows.truncated == [False, True, False]
+    assert len(rows.ids[1]) == student.card.max_length
+
+
+def test_split_by_length_separates_a_long_row_only_when_it_pays() -> None:
+    assert split_by_length([5, 6, 5, 7]) == [[0, 1, 2, 3]]  # few rows: one run
+    assert split_by_length([8] * 10) == [list(range(10))]  # equal rows: one run
+    groups = split_by_length([8] * 15 + [200])
+    assert groups == [list(range(15)), [15]]
+
+
+async def test_mixed_lengths_embed_as_they_do_alone(student: Encoder) -> None:
+    """A batch split into two length-sorted runs returns each row in its place."""
+    texts = [f"query number {i}" for i in range(12)] + ["a long one " * 40]
+    b = make(student)
+    b.start()
+    try:
+        results = await asyncio.gather(*(b.embed(tokens(student, t), deadline()) for t in texts))
+    finally:
+        await b.stop()
+    solo = student.encode(texts, "query")
+    for result, expected in zip(results, solo, strict=True):
+        np.testing.assert_allclose(result.vectors[0], expected, atol=1e-5)

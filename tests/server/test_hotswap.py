@@ -15,7 +15,7 @@ from tandem.indexer.build import build_bundle
 from tandem.models.encoder import Encoder
 from tandem.server.app import create_app
 from tandem.server.hotswap import Reloader
-from tandem.server.schemas import SearchOptions
+from tandem.server.domain import SearchOptions
 from tandem.server.search import SearchService, with_documents
 from tandem.server.settings import ServerSettings
 from tandem.server.state import load_bundle, resolve_version_dir
@@ -94,7 +94,7 @@ async def test_watch_current_follows_new_versions_and_skips_broken_ones(
         await eventually(lambda: service.loaded.version == "v0002", "the watcher to swap")
         assert service.loaded.n_docs == 25 and old._closed
         results = await service.search(QUERIES[:2], SearchOptions(k=30))
-        assert all(len(r.results) == 25 for r in results)
+        assert all(len(r.hits) == 25 for r in results)
 
         # A version that fails to load is reported once and not retried in a loop.
         await anyio.to_thread.run_sync(publish_broken, root)
@@ -103,7 +103,7 @@ async def test_watch_current_follows_new_versions_and_skips_broken_ones(
         labels = {"outcome": "failed"}
         assert service.metrics.registry.get_sample_value("tandem_reloads_total", labels) == 1
         assert service.loaded.version == "v0002"
-        assert (await service.search(QUERIES[:1], SearchOptions(k=3)))[0].results
+        assert (await service.search(QUERIES[:1], SearchOptions(k=3)))[0].hits
 
         # A dangling pointer is logged, not fatal.
         (root / "current").unlink()
