@@ -393,6 +393,25 @@ class _SearchRun:
         return dict(zip(iids, self.loaded.bundle.documents(iids), strict=True))
 
 
+@dataclass(frozen=True)
+class Found:
+    """The core's ranking plus the documents of its hits, per query."""
+
+    ranked: Ranked
+    hits: list[list[tuple[Document, float]]]
+
+
+def with_documents(loaded: LoadedBundle, ranked: Ranked) -> Found:
+    """The documents of every hit of a group of queries, read in one docstore query."""
+    wanted = sorted({int(i) for row in ranked.ids for i in row})
+    docs = dict(zip(wanted, loaded.bundle.documents(wanted), strict=True)) if wanted else {}
+    hits = [
+        [(docs[i], s) for i, s in zip(row_ids.tolist(), row_scores.tolist(), strict=True)]
+        for row_ids, row_scores in zip(ranked.ids, ranked.scores, strict=True)
+    ]
+    return Found(ranked, hits)
+
+
 def _hits(
     ids: npt.NDArray[np.int64],
     scores: npt.NDArray[np.float32],

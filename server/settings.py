@@ -58,7 +58,7 @@ class ServerSettings(BaseSettings):
         "the student has the cores to itself; off leaves them to FAISS and the event loop)",
     )
     inline_when_idle: bool = Field(
-        True,
+        False,
         description="run a small batch (embedding + search) on the event loop when nothing "
         "else is in flight, saving the thread hops; off always uses the worker thread",
     )

@@ -63,7 +63,9 @@ def test_burst_beyond_the_queue_gets_429(
         assert response.status_code == 429 and response.json()["type"] == "overloaded"
 
         def one(i: int) -> httpx.Response:
-            query = {"query": QUERIES[i % len(QUERIES)], "k": 5}
+            # Long queries: each costs the server more than a client needs to send one,
+            # so the burst really outruns it.
+            query = {"query": " ".join([QUERIES[i % len(QUERIES)]] * 30), "k": 5}
             return httpx.post(f"{server.url}/search", json=query, timeout=60)
 
         with ThreadPoolExecutor(32) as pool:
