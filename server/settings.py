@@ -53,9 +53,10 @@ class ServerSettings(BaseSettings):
         "an OpenMP team per single-query search costs more than it saves",
     )
     onnx_spinning: bool = Field(
-        True,
-        description="let onnxruntime's idle threads spin between runs (lower latency when "
-        "the student has the cores to itself; off leaves them to FAISS and the event loop)",
+        False,
+        description="let onnxruntime's idle threads spin between runs; off by default: "
+        "spinning threads take the cores the tokenizer, FAISS and the event loop need "
+        "(measured 5x slower at p50 on a shared 2-core machine)",
     )
     inline_when_idle: bool = Field(
         False,
