@@ -1,6 +1,10 @@
-"""The query path: the in-process limit, tandem over HTTP, a naive server, the teacher.
+"""The query path: the raw anchor, tandem over HTTP, tandem without HTTP, a naive server.
 
-- in-process (the limit): the aligned student embeds, then the server's own
+- the raw anchor (``bench/raw_anchor.py``): tokenizers + onnxruntime + a flat
+  FAISS index, no tandem code, on the ONNX file the server serves and on the
+  plain fp32 export; the query path's physical limit on this machine, and the
+  head of every ratio;
+- tandem without HTTP: the aligned student embeds, then the server's own
   funnel (``tandem.bundle.search.search`` + the server's document fetch) runs
   on the same bundle and queries; one query at a time and in batches of 32
   (the server's largest micro-batch);
@@ -30,7 +34,7 @@ from tandem.models.encoder import Encoder
 from tandem.server.search import with_documents
 from tandem.server.state import load_bundle
 
-from bench import loadgen
+from bench import loadgen, raw_anchor
 from bench.inputs import Workspace, export_for_naive
 from bench.profile import profile_server
 from bench.servers import HOST, ServerProcess, free_port, listen_args, running, tandem_server
@@ -185,13 +189,52 @@ def naive_server(ws: Workspace, symmetric: Path) -> ServerProcess:
     return ServerProcess("naive", command, port, ws.work / "naive.log", "/openapi.json", env)
 
 
+PLAIN_FILE = "model.plain.onnx"  # the unfused fp32 export, kept beside an optimized graph
+
+
+def anchor_files(student: Path) -> dict[str, Path]:
+    """The ONNX file the server serves by default, and the plain fp32 export."""
+    card = ModelCard.load(student)
+    plain = student / PLAIN_FILE
+    return {
+        "served": student / card.model_file(card.serving_precision),
+        "plain": plain if plain.exists() else student / card.onnx_file,
+    }
+
+
+def anchors(ws: Workspace, load: Load) -> dict[str, Any]:
+    """The raw loop on the served file and on the plain export; embed-only on the served one."""
+    card = ModelCard.load(ws.models.student)
+    with open_bundle(ws.bundle) as bundle:
+        vectors = np.asarray(bundle.vectors, dtype=np.float32)  # (n_docs, dim)
+    n_single, n_batched = load.requests[1], load.requests[32]
+    common = {
+        "tokenizer_file": ws.models.student / card.tokenizer_file,
+        "max_length": card.max_length,
+        "queries": ws.queries,
+        "k": K,
+        "n_single": n_single,
+        "n_batched": n_batched,
+        "prefix": card.query_prefix,
+    }
+    files = anchor_files(ws.models.student)
+    out: dict[str, Any] = {
+        name: raw_anchor.run(model_file=path, vectors=vectors, **common)  # type: ignore[arg-type]
+        for name, path in files.items()
+    }
+    out["served_embed"] = raw_anchor.run(model_file=files["served"], vectors=None, **common)  # type: ignore[arg-type]
+    out["served_precision"] = card.serving_precision
+    return out
+
+
 def run(ws: Workspace, load: Load, profile_seconds: float = 0.0) -> dict[str, Any]:
     """Section 1: every row of the query-path tables, plus an optional profile of tandem."""
     with open_bundle(ws.bundle) as bundle:
         n_docs, dim, variant = bundle.n_docs, bundle.dim, f"f32-{bundle.dim}"
     queries = ws.queries
     n_single = load.requests[1]
-    student = Encoder(ws.models.student, device="cpu")
+    raw = anchors(ws, load)
+    student = Encoder(ws.models.student, raw["served_precision"], device="cpu")
     teacher = Encoder(ws.models.teacher, device="cpu")
     limit = in_process(student, ws.bundle, variant, queries, n_single)
     teacher_row = in_process(teacher, ws.bundle, variant, queries, max(20, n_single // 2))
@@ -208,6 +251,7 @@ def run(ws: Workspace, load: Load, profile_seconds: float = 0.0) -> dict[str, An
         "n_queries": len(queries),
         "student": ModelCard.load(ws.models.student).name,
         "load": {"levels": load.levels, "requests": load.requests, "max_s": load.max_seconds},
+        "raw": raw,
         "in_process": limit,
         "teacher_in_process": teacher_row,
         "servers": [],
@@ -221,6 +265,28 @@ def run(ws: Workspace, load: Load, profile_seconds: float = 0.0) -> dict[str, An
                 "tandem",
                 "/search",
                 bodies,
+                load,
+            )
+        )
+        ids_only = [b | {"fields": ["id", "score"]} for b in bodies]
+        out["servers"].append(
+            measure_server(
+                server,
+                "tandem /search, ids and scores only",
+                "tandem_ids",
+                "/search",
+                ids_only,
+                load,
+            )
+        )
+        inputs = [{"input": q} for q in queries]
+        out["servers"].append(
+            measure_server(
+                server,
+                "tandem /v1/embeddings (one input)",
+                "tandem_embeddings",
+                "/v1/embeddings",
+                inputs,
                 load,
             )
         )

@@ -81,6 +81,19 @@ class ModelCard(BaseModel):
     def precisions(self) -> list[Precision]:
         return ["fp32", "int8"] if self.int8 is not None else ["fp32"]
 
+    @property
+    def serving_precision(self) -> Precision:
+        """What ``precision=auto`` serves: int8 when an int8 graph passed the quantizer's guard."""
+        return "int8" if self.int8 is not None else "fp32"
+
+    def model_file(self, precision: Precision) -> str:
+        """The ONNX file (relative to the artifact folder) run at ``precision``."""
+        if precision == "int8":
+            if self.int8 is None:
+                raise ValueError(f"{self.name} has no int8 graph")
+            return self.int8.file
+        return self.onnx_file
+
     def save(self, folder: Path) -> None:
         data = self.model_dump(mode="json")
         data["fingerprint"] = self.fingerprint

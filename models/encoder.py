@@ -131,6 +131,7 @@ class Encoder:
             model_file = folder / self.card.int8.file
         else:
             model_file = folder / self.card.onnx_file
+        self.model_file = model_file
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

@@ -66,7 +66,7 @@ def _help(name: str, field: FieldInfo) -> str:
     if not field.description:
         raise TypeError(f"ServerSettings.{name} needs a description: it is a flag's help")
     text = field.description[0].upper() + field.description[1:]
-    return f"{text}. [env: {ENV_PREFIX}{name.upper()}]"
+    return f"{text} (env {ENV_PREFIX}{name.upper()})."
 
 
 def settings_parameters() -> list[inspect.Parameter]:
@@ -230,3 +230,9 @@ def _prepare_multiprocess_metrics(run_dir: Path | None) -> None:
 def _fail(error: TandemError) -> NoReturn:
     typer.echo(f"tandem serve: {error.message}", err=True)
     raise typer.Exit(exit_code(error))
+
+
+if __name__ == "__main__":  # the README's settings table
+    import sys
+
+    sys.stdout.write(settings_table())

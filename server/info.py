@@ -52,7 +52,7 @@ def describe(service: SearchService) -> dict[str, Any]:
             "fingerprint": card.fingerprint,
             "dim": card.dim,
             "max_length": card.max_length,
-            "precision": service.settings.precision,
+            "precision": service.encoder.precision,
             "providers": service.encoder.providers,
             "pairing": loaded.pairing,
             "aligned_to": card.aligned_to.model_dump(mode="json") if card.aligned_to else None,

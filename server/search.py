@@ -26,6 +26,7 @@ import numpy.typing as npt
 from tandem.bundle.format import BundleError, Document
 from tandem.bundle.search import Ranked, SearchPlan, search
 from tandem.bundle.variants import truncate_normalize
+from tandem.models.card import ModelCard, Precision
 from tandem.models.encoder import Encoder, EncoderError, TokenRows
 from tandem.server import validation
 from tandem.server.batching import MicroBatcher, StageRun
@@ -96,10 +97,16 @@ class SearchService:
     def load(cls, settings: ServerSettings, metrics: Metrics) -> SearchService:
         """Load and warm the student and the bundle (blocking: call it in a thread)."""
         faiss.omp_set_num_threads(settings.faiss_threads)  # this (loading) thread's searches
+        folder = resolve_student(settings.student)
         try:
+            precision: Precision = (
+                settings.precision
+                if settings.precision != "auto"
+                else ModelCard.load(folder).serving_precision
+            )
             encoder = Encoder(
-                resolve_student(settings.student),
-                settings.precision,
+                folder,
+                precision,
                 settings.device,
                 settings.threads,
                 spinning=settings.onnx_spinning,
@@ -126,7 +133,7 @@ class SearchService:
         logger.info(
             "student %s (%s, %s) ready on %s",
             encoder.name,
-            settings.precision,
+            encoder.precision,
             encoder.card.fingerprint[:12],
             ",".join(encoder.providers),
         )
@@ -141,7 +148,7 @@ class SearchService:
             role="student",
             name=card.name,
             fingerprint=card.fingerprint[:16],
-            precision=self.settings.precision,
+            precision=self.encoder.precision,
             provider=self.encoder.providers[0] if self.encoder.providers else "none",
         ).set(1)
         self._publish_bundle(self._loaded, None)

@@ -30,22 +30,31 @@ class ServerSettings(BaseSettings):
     student: str = Field(description="query encoder: artifact folder, aligned name or model spec")
     variant: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="variants to serve (comma-separated in the env); the first is the default; "
-        "empty serves every variant of the bundle",
+        description="variants to serve (repeat the flag, or comma-separated in the env, e.g. "
+        "`bin-768-hnsw,f32-768`); the first is the default; empty serves every variant",
     )
     allow_unaligned: bool = Field(
         False, description="serve a student that is not aligned to the bundle's teacher"
     )
-    precision: Literal["fp32", "int8"] = Field(
-        "fp32", description="student weights: int8 is faster on CPU (check its quality first)"
+    precision: Literal["auto", "fp32", "int8"] = Field(
+        "auto",
+        description="student weights; auto serves the student's int8 graph when it has an "
+        "accepted one (its card records the quality check), else fp32",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="student execution provider; auto picks CUDA when onnxruntime has it"
+        "auto",
+        description="student execution provider; auto picks CUDA when onnxruntime has it "
+        "(`cuda` in the GPU image)",
     )
     faiss_device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="where FAISS indexes live; auto uses a GPU when GPU faiss sees one"
     )
-    threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="onnxruntime intra-op threads per worker (default: all cores); set it to "
+        "the container's CPU limit (onnxruntime counts the node's cores, not the cgroup's)",
+    )
     faiss_threads: int = Field(
         1,
         ge=1,
@@ -67,9 +76,16 @@ class ServerSettings(BaseSettings):
     # Network.
     host: str = Field("0.0.0.0", description="interface to bind")
     port: int = Field(8080, ge=0, le=65535, description="port to bind")
-    workers: int = Field(1, ge=1, description="uvicorn worker processes; indexes are mmap-shared")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="uvicorn processes; each loads the student, indexes are shared via mmap. "
+        "On Kubernetes prefer more pods over more workers",
+    )
     api_key: SecretStr | None = Field(
-        None, description="Bearer key for everything but probes and /metrics; enables /admin"
+        None,
+        description="Bearer key for everything but probes and /metrics; also enables "
+        "/admin/reload. Prefer the env variable (flags show up in ps); from a Secret on Kubernetes",
     )
     log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
         "info", description="least severe log level written"
@@ -84,18 +100,29 @@ class ServerSettings(BaseSettings):
     )
 
     # Micro-batching and admission (TEI's knobs).
-    max_batch_size: int = Field(32, ge=1, description="most queries in one ONNX run")
+    max_batch_size: int = Field(
+        32, ge=1, description="most queries in one ONNX run: throughput vs. latency; raise on a GPU"
+    )
     max_batch_tokens: int = Field(
         8192, ge=16, description="padded-token budget of one ONNX run (longest x count)"
     )
     max_wait_ms: float = Field(
-        2.0, ge=0, le=1000, description="longest a query waits for others to share its batch"
+        2.0,
+        ge=0,
+        le=1000,
+        description="longest a query waits for others to share its batch (only under "
+        "concurrent load: a lone client never waits)",
     )
     max_queue: int = Field(
-        256, ge=1, description="queries admitted at once; beyond it requests get 429"
+        256,
+        ge=1,
+        description="queries admitted at once per worker; beyond it requests get 429 + Retry-After",
     )
     request_timeout_s: float = Field(
-        10.0, gt=0, description="per-request deadline; a request past it gets 503"
+        10.0,
+        gt=0,
+        description="per-request deadline; a request past it gets 503. SIGTERM drains for this "
+        "long + 1 s",
     )
     retry_after_s: int = Field(1, ge=0, description="Retry-After on 429 and 503")
 
@@ -127,7 +154,9 @@ class ServerSettings(BaseSettings):
     )
     reload_poll_s: float = Field(1.0, gt=0, description="how often workers look at control_dir")
     watch_current: bool = Field(
-        False, description="reload by itself whenever `current` points at a new version"
+        False,
+        description="reload whenever `current` points at a new version: every replica loads, "
+        "verifies, warms and swaps it without dropping a request",
     )
     verified_version_dir: Path | None = Field(
         None, description="internal: version folder the CLI already verified"
