@@ -5,6 +5,15 @@ from __future__ import annotations
 import pytest
 from tandem.bundle.docstore import DuplicateIdError
 from tandem.bundle.errors import BundleError, UnknownVariantError
+from tandem.indexer.build import BuildError
+from tandem.models.artifacts import ArtifactError
+from tandem.models.encoder import EncoderError
+from tandem.models.pairing import PairingError
+from tandem.models.sources import ModelSourceError
+from tandem.server import errors as server_errors
+from tandem.server.errors import http_headers, http_status
+from tandem.server.state import StartupCheckError
+
 from tandem.data.beir import DatasetError
 from tandem.data.corpus import CorpusError
 from tandem.errors import (
@@ -17,14 +26,6 @@ from tandem.errors import (
     Unavailable,
     exit_code,
 )
-from tandem.indexer.build import BuildError
-from tandem.models.artifacts import ArtifactError
-from tandem.models.encoder import EncoderError
-from tandem.models.pairing import PairingError
-from tandem.models.sources import ModelSourceError
-from tandem.server import errors as server_errors
-from tandem.server.errors import http_headers, http_status
-from tandem.server.state import StartupCheckError
 
 PACKAGE_ERRORS: list[tuple[type[TandemError], type[TandemError]]] = [
     (BundleError, DataError),

@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tandem.cli import app
 from tandem.server.cli import NOT_FLAGS, settings_table
 from tandem.server.settings import ServerSettings
 from typer.testing import CliRunner
+
+from tandem.cli import app
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -14,8 +14,8 @@ from tandem.bundle.search import SearchPlan, search
 from tandem.indexer.build import build_bundle
 from tandem.models.encoder import Encoder
 from tandem.server.app import create_app
-from tandem.server.hotswap import Reloader
 from tandem.server.domain import SearchOptions
+from tandem.server.hotswap import Reloader
 from tandem.server.search import SearchService, with_documents
 from tandem.server.settings import ServerSettings
 from tandem.server.state import load_bundle, resolve_version_dir
