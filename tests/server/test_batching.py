@@ -149,9 +149,7 @@ def test_rows_are_padded_once_to_the_longest(student: Encoder) -> None:
         assert (merged.input_ids[row, : len(ids)] == ids).all()
         assert merged.attention_mask[row, len(ids) :].sum() == 0
     # Padding does not change a row's embedding (the mask hides it).
-    np.testing.assert_allclose(
-        student.forward(merged), student.encode(TEXTS, "query"), atol=1e-5
-    )
+    np.testing.assert_allclose(student.forward(merged), student.encode(TEXTS, "query"), atol=1e-5)
 
 
 def test_truncation_is_flagged_per_row(student: Encoder) -> None:
