@@ -27,8 +27,11 @@ SECTIONS = (
     "## Ratios vs goals",
 )
 GOALS = (
-    "server throughput",
-    "single-query p50",
+    "/search single-query p50",
+    "/search saturated throughput",
+    "p99 ≤ 2.5 × p50",
+    "plain fp32 export",
+    "/v1/embeddings",
     "(fp32)",
     "(int8)",
     "binary+rescore",
@@ -73,6 +76,15 @@ def test_ratio_table_has_a_number_for_every_goal(quick_run: Path) -> None:
         assert math.isfinite(value) and value > 0, goal
         assert math.isclose(share, value / float(target), rel_tol=0.02, abs_tol=0.01), goal
         assert verdict in ("met", "**missed**"), goal
+
+
+def test_the_raw_anchor_ran_on_the_served_and_the_plain_file(quick_run: Path) -> None:
+    raw = json.loads((quick_run / "results.json").read_text())["query"]["raw"]
+    for key in ("served", "plain", "served_embed"):
+        row = raw[key]
+        assert row["p50_ms"] > 0 and row["qps_batch_8"] > 0 and row["qps_batch_32"] > 0, key
+    assert raw["served"]["search"] and not raw["served_embed"]["search"]
+    assert "**The raw anchor**" in (quick_run / "BENCHMARKS.md").read_text()
 
 
 def test_http_runs_were_answered_without_errors(quick_run: Path) -> None:
