@@ -18,6 +18,7 @@ from tandem.indexer.build import build_bundle
 from tandem.models.artifacts import find_artifact, resolve_artifact
 from tandem.models.encoder import Encoder
 from tandem.models.sources import resolve_source
+from tandem.toolchain.export import export_artifact
 
 from tandem.data.corpus import Doc, read_corpus
 
@@ -57,10 +58,10 @@ def read_queries(path: Path) -> list[str]:
 
 def resolve_models(student: str | None, quick: bool) -> Models:
     """The models of a run; ``--quick`` without ``--student`` uses (or makes) the test student."""
-    teacher = resolve_artifact(TEACHER)
-    base = resolve_artifact(BASE_STUDENT)
+    teacher = export_artifact(TEACHER)
+    base = export_artifact(BASE_STUDENT)
     if student is not None:
-        aligned = resolve_artifact(student, export_if_missing=False)
+        aligned = resolve_artifact(student)
     else:
         found = [p for p in map(find_artifact, QUICK_STUDENTS if quick else ()) if p]
         if found:
