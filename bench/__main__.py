@@ -1,7 +1,7 @@
-"""``python -m bench``: every benchmark in one run, written to BENCHMARKS.md.
+"""``python -m bench``: every benchmark in one run, written to docs/benchmarks.md.
 
     python -m bench                      # full run (~25 min on 2 cores), SciFact bundle
-    python -m bench --quick --out /tmp/BENCHMARKS.md   # CI smoke (< 2 min), sample corpus
+    python -m bench --quick --out /tmp/benchmarks.md   # CI smoke (< 2 min), sample corpus
     python -m bench --only query,embeddings           # some sections
 
 Sections: ``encoders`` (student vs teacher per query), ``query`` (in-process
@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, < 2 min (CI)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results")
     parser.add_argument("--bundle", type=Path, default=None, help="teacher-indexed bundle root")
     parser.add_argument("--student", default=None, help="aligned student (name or folder)")
