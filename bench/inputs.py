@@ -21,14 +21,20 @@ from tandem.models.sources import resolve_source
 from tandem.toolchain.export import export_artifact
 
 from tandem.data.corpus import Doc, read_corpus
+from tandem.data.fetch import data_dir, is_beir_folder
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 TEACHER = "all-mpnet-base-v2"
 BASE_STUDENT = "all-MiniLM-L6-v2"
 QUICK_STUDENTS = ("test-sample-student", "demo-student")
 SAMPLE_PSEUDO_QUERIES = 800  # as tests/conftest.py and `tandem demo`: the alignment is shared
+
+
+def scifact_dir() -> Path:
+    """SciFact where `tandem data fetch scifact` puts it, else ../shared/data by the checkout."""
+    fetched = data_dir() / "scifact"
+    return fetched if is_beir_folder(fetched) else REPO.parent / "shared" / "data" / "scifact"
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ from tandem.toolchain.export import export_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
 
 @pytest.fixture(scope="session")
