@@ -31,7 +31,8 @@ def fetch(
 ) -> None:
     """Download a BEIR zip, verify its checksum, unpack it into PARENT/NAME; print the folder."""
     try:
-        folder = fetch_dataset(name, to, url, sha256)
+        with stderr().status(f"fetching {name}"):  # stdout carries only the folder
+            folder = fetch_dataset(name, to, url, sha256)
     except FetchError as exc:
         say(stderr(), "error: ", str(exc), "bold red")
         raise typer.Exit(code=2) from exc

@@ -93,7 +93,7 @@ def fetch_dataset(
     with tempfile.NamedTemporaryFile(
         dir=target.parent, prefix=f".{name}.", suffix=".zip.part"
     ) as archive:
-        logger.info("downloading %s", source)
+        logger.debug("downloading %s into %s", source, archive.name)
         digests = _download(source, archive)
         for algorithm, want in expected.items():
             if digests[algorithm] != want:
