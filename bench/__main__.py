@@ -1,7 +1,7 @@
-"""``python -m bench``: every benchmark in one run, written to BENCHMARKS.md.
+"""``python -m bench``: every benchmark in one run, written to docs/benchmarks.md.
 
     python -m bench                      # full run (~25 min on 2 cores), SciFact bundle
-    python -m bench --quick --out /tmp/BENCHMARKS.md   # CI smoke (< 2 min), sample corpus
+    python -m bench --quick --out /tmp/benchmarks.md   # CI smoke (< 2 min), sample corpus
     python -m bench --only query,embeddings           # some sections
 
 Sections: ``encoders`` (student vs teacher per query), ``query`` (in-process
@@ -27,11 +27,11 @@ from bench import encoders, indexing, machine, peers, query_path, report, search
 from bench.inputs import (
     REPO,
     SAMPLES,
-    SCIFACT,
     Workspace,
     read_queries,
     resolve_models,
     sample_bundle,
+    scifact_dir,
 )
 
 SECTIONS = ("encoders", "query", "embeddings", "search", "indexing")
@@ -44,7 +44,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, < 2 min (CI)")
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
-    parser.add_argument("--out", type=Path, default=REPO / "BENCHMARKS.md")
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks.md")
     parser.add_argument("--json", type=Path, default=None, help="also write the raw results")
     parser.add_argument("--bundle", type=Path, default=None, help="teacher-indexed bundle root")
     parser.add_argument("--student", default=None, help="aligned student (name or folder)")
@@ -105,7 +105,7 @@ def run_section(section: str, args: argparse.Namespace, ws: Workspace) -> dict[s
     if section == "search":
         cfg = search_scaling.QUICK_SCALING if quick else search_scaling.FULL_SCALING
         return search_scaling.run(cfg, ws.work)
-    corpus = args.corpus or (SAMPLES / "corpus.jsonl" if quick else SCIFACT)
+    corpus = args.corpus or (SAMPLES / "corpus.jsonl" if quick else scifact_dir())
     docs = args.index_docs or (6 if quick else 96)
     return indexing.run(ws.models.teacher, corpus, docs, reps=1 if quick else 3)
 
@@ -130,7 +130,7 @@ def main(argv: list[str]) -> int:
             teacher = Encoder(models.teacher, device="cpu")
             bundle = sample_bundle(teacher, work / "sample-bundle", QUICK_VARIANTS)
             del teacher
-        queries = args.queries or (SAMPLES / "queries.jsonl" if args.quick else SCIFACT)
+        queries = args.queries or (SAMPLES / "queries.jsonl" if args.quick else scifact_dir())
         ws = Workspace(args.quick, models, bundle or FULL_BUNDLE, read_queries(queries), work)
         for section in (s for s in SECTIONS if s in only):
             t0 = time.perf_counter()

@@ -31,14 +31,14 @@ VARIANTS = "f32-768,int8-768,bin-768"
 def child(mode: str, precision: str, docs: int, corpus: Path, variants: str) -> dict[str, Any]:
     """One timed pass in this process; the model load is outside the timed region."""
     from tandem.indexer.build import build_bundle
-    from tandem.models.artifacts import resolve_artifact
     from tandem.models.encoder import Encoder
+    from tandem.toolchain.export import export_artifact
 
     from tandem.data.corpus import read_corpus
 
     items = list(islice(read_corpus(corpus), docs))
     texts = [d.text for d in items]
-    teacher = Encoder(resolve_artifact("all-mpnet-base-v2"), precision, "cpu")  # type: ignore[arg-type]
+    teacher = Encoder(export_artifact("all-mpnet-base-v2"), precision, "cpu")  # type: ignore[arg-type]
     teacher.encode(texts[:2], "document")  # warm up
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()

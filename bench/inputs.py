@@ -18,16 +18,23 @@ from tandem.indexer.build import build_bundle
 from tandem.models.artifacts import find_artifact, resolve_artifact
 from tandem.models.encoder import Encoder
 from tandem.models.sources import resolve_source
+from tandem.toolchain.export import export_artifact
 
 from tandem.data.corpus import Doc, read_corpus
+from tandem.data.fetch import data_dir, is_beir_folder
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 TEACHER = "all-mpnet-base-v2"
 BASE_STUDENT = "all-MiniLM-L6-v2"
 QUICK_STUDENTS = ("test-sample-student", "demo-student")
 SAMPLE_PSEUDO_QUERIES = 800  # as tests/conftest.py and `tandem demo`: the alignment is shared
+
+
+def scifact_dir() -> Path:
+    """SciFact where `tandem data fetch scifact` puts it, else ../shared/data by the checkout."""
+    fetched = data_dir() / "scifact"
+    return fetched if is_beir_folder(fetched) else REPO.parent / "shared" / "data" / "scifact"
 
 
 @dataclass(frozen=True)
@@ -57,10 +64,10 @@ def read_queries(path: Path) -> list[str]:
 
 def resolve_models(student: str | None, quick: bool) -> Models:
     """The models of a run; ``--quick`` without ``--student`` uses (or makes) the test student."""
-    teacher = resolve_artifact(TEACHER)
-    base = resolve_artifact(BASE_STUDENT)
+    teacher = export_artifact(TEACHER)
+    base = export_artifact(BASE_STUDENT)
     if student is not None:
-        aligned = resolve_artifact(student, export_if_missing=False)
+        aligned = resolve_artifact(student)
     else:
         found = [p for p in map(find_artifact, QUICK_STUDENTS if quick else ()) if p]
         if found:

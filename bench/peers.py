@@ -25,15 +25,9 @@ from bench.inputs import Workspace
 from bench.machine import command_output
 from bench.profile import profile_server
 from bench.query_path import Load, measure_server
-from bench.servers import (
-    ServerProcess,
-    ServerStartError,
-    free_port,
-    listen_args,
-    running,
-    tandem_server,
-)
+from bench.servers import listen_args, tandem_server
 from tandem.home import tandem_home
+from tests.support.server import ServerProcess, ServerStartError, free_port, running
 
 SERVED_NAME = "all-MiniLM-L6-v2"
 
@@ -118,7 +112,7 @@ def run(
     out["infinity_version"] = infinity_version(infinity_bin)
     server = infinity_server(infinity_bin, ws.models.base_student_st, ws.work)
     try:
-        with running(server, timeout_s=600):
+        with running(server, timeout=600):
             bodies = [{"model": SERVED_NAME, "input": [t]} for t in texts]
             out["servers"].append(
                 measure_server(

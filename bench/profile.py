@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loadgen
-from bench.servers import HOST, ServerProcess
+from tests.support.server import HOST, ServerProcess
 
 # (stage, substrings of a frame that belong to it); deepest matching frame wins.
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (

@@ -37,7 +37,8 @@ from tandem.server.state import load_bundle
 from bench import loadgen, raw_anchor
 from bench.inputs import Workspace, export_for_naive
 from bench.profile import profile_server
-from bench.servers import HOST, ServerProcess, free_port, listen_args, running, tandem_server
+from bench.servers import listen_args, tandem_server
+from tests.support.server import HOST, ServerProcess, free_port, running
 
 TIMING_HEADERS = ("x-queue-time", "x-embed-time", "x-search-time", "x-total-time")
 K = 10

@@ -1,4 +1,4 @@
-"""BENCHMARKS.md: the header, one table per section, and the ratios against the goals.
+"""docs/benchmarks.md: the header, one table per section, and the ratios against the goals.
 
 Every number in the tables comes from the run's results; the file is
 rewritten whole, except for what follows ``NOTES_MARKER`` (the hand-written

@@ -24,8 +24,12 @@ from typing import Any, Literal, get_args
 import faiss
 import numpy as np
 import numpy.typing as npt
+from tandem.bundle.vectorfile import VectorFile
 
 logger = logging.getLogger(__name__)
+
+# Full-dim vectors read by row ranges: an array, a memmap or a VectorFile on disk.
+Rows = npt.NDArray[Any] | VectorFile
 
 VariantKind = Literal["f32", "int8", "bin", "ivfpq"]
 KINDS: tuple[str, ...] = get_args(VariantKind)
@@ -164,7 +168,7 @@ def search_variant(
     xq = query_codes(spec, queries)
     params = None
     if spec.hnsw and ef_search is not None:
-        params = faiss.SearchParametersHNSW()
+        params = faiss.SearchParametersHNSW()  # type: ignore[attr-defined]  # not in faiss stubs
         params.efSearch = max(int(ef_search), k)
     D, labels = index.search(xq, k, params=params)  # (n, k) each
     ids = labels.astype(np.int64, copy=False)
@@ -194,13 +198,14 @@ def _empty_index(spec: VariantSpec, n: int) -> tuple[Any, dict[str, Any]]:
     mip = faiss.METRIC_INNER_PRODUCT
     qt8 = faiss.ScalarQuantizer.QT_8bit
     params: dict[str, Any] = {"metric": "hamming" if spec.is_binary else "inner_product"}
+    index: Any  # one of six FAISS classes; faiss' stubs disagree with some constructors
     if spec.kind == "f32":
         index = (
             faiss.IndexHNSWFlat(spec.dim, HNSW_M, mip) if spec.hnsw else faiss.IndexFlatIP(spec.dim)
         )
     elif spec.kind == "int8":
         index = (
-            faiss.IndexHNSWSQ(spec.dim, qt8, HNSW_M, mip)
+            faiss.IndexHNSWSQ(spec.dim, qt8, HNSW_M, mip)  # type: ignore[arg-type]  # stubs: qtype
             if spec.hnsw
             else faiss.IndexScalarQuantizer(spec.dim, qt8, mip)
         )
@@ -216,7 +221,7 @@ def _empty_index(spec: VariantSpec, n: int) -> tuple[Any, dict[str, Any]]:
         quantizer = faiss.IndexFlatIP(spec.dim)
         index = faiss.IndexIVFPQ(quantizer, spec.dim, nlist, m, nbits, mip)
         index.own_fields = True
-        quantizer.this.disown()  # the IVF index owns and frees it
+        quantizer.this.disown()  # type: ignore[attr-defined]  # SWIG: the IVF index frees it
         # Small corpora train codebooks on fewer than FAISS' advised 39 points per
         # centroid; more centroids still quantize better than fewer, so only the
         # warning is silenced.
@@ -232,7 +237,7 @@ def _empty_index(spec: VariantSpec, n: int) -> tuple[Any, dict[str, Any]]:
     return index, params
 
 
-def _train(spec: VariantSpec, index: Any, vectors: npt.NDArray[Any], chunk: int) -> dict[str, Any]:
+def _train(spec: VariantSpec, index: Any, vectors: Rows, chunk: int) -> dict[str, Any]:
     """Train quantizers without holding all vectors in RAM."""
     n = vectors.shape[0]
     if spec.kind == "int8":
@@ -279,7 +284,7 @@ def reserve_codes(index: Any, n_total: int) -> None:
 def add_vectors(
     spec: VariantSpec,
     index: Any,
-    vectors: npt.NDArray[Any],
+    vectors: Rows,
     chunk: int = 65536,
     on_progress: ProgressFn | None = None,
     start: int = 0,
@@ -298,7 +303,7 @@ def add_vectors(
 
 def build_index_with_params(
     spec: VariantSpec,
-    vectors: npt.NDArray[Any],
+    vectors: Rows,
     chunk: int = 65536,
     on_progress: ProgressFn | None = None,
 ) -> tuple[Any, dict[str, Any]]:
@@ -318,10 +323,10 @@ def build_index_with_params(
 
 
 def build_index(
-    spec: VariantSpec, vectors: npt.NDArray[Any], chunk: int = 65536
+    spec: VariantSpec, vectors: Rows, chunk: int = 65536
 ) -> faiss.Index | faiss.IndexBinary:
     """Build a variant from full-dim vectors (memmap and float16 are fine), chunk by chunk."""
-    index, _params = build_index_with_params(spec, vectors, chunk)
+    index: faiss.Index | faiss.IndexBinary = build_index_with_params(spec, vectors, chunk)[0]
     return index
 
 

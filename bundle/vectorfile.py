@@ -68,7 +68,7 @@ class VectorFile:
         if stop <= start:
             return np.empty((0, self.shape[1]), dtype=self.dtype)
         out = np.empty((stop - start, self.shape[1]), dtype=self.dtype)
-        view = memoryview(out).cast("B")  # read straight into the array: no bytes copy
+        view = out.data.cast("B")  # read straight into the array: no bytes copy
         offset = self.offset + start * self._row_bytes
         done = 0
         while done < len(view):
@@ -125,7 +125,7 @@ class VectorFile:
         self._f.close()
 
 
-def _runs(sorted_rows: npt.NDArray[np.int64]) -> list[tuple[int, int]]:
+def _runs(sorted_rows: npt.NDArray[np.integer[Any]]) -> list[tuple[int, int]]:
     """[lo, hi) index ranges of consecutive values in an ascending array."""
     if sorted_rows.size == 0:
         return []

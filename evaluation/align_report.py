@@ -18,7 +18,7 @@ from tandem.bundle.format import Bundle
 from tandem.evaluation.runner import EvalConfig, EvalResult, run_evaluation
 from tandem.models.embedding_cache import EmbeddingCache, encode_cached
 from tandem.models.encoder import Encoder
-from tandem.toolchain.align import mean_cosine
+from tandem.models.similarity import mean_cosine
 
 from tandem.data.beir import EvalSet
 

@@ -31,8 +31,12 @@ import locust.stats
 from locust import FastHttpUser, LoadTestShape, events, tag, task
 from locust.exception import StopUser
 
+from tandem.data.fetch import data_dir
+
 REPO = Path(__file__).resolve().parents[1]
+# SciFact where `tandem data fetch scifact` puts it or beside the checkout, else the samples.
 DEFAULT_QUERIES = (
+    Path("scifact") / "queries.jsonl",  # under tandem.data.fetch.data_dir()
     REPO.parent / "shared" / "data" / "scifact" / "queries.jsonl",
     REPO / "samples" / "queries.jsonl",
 )
@@ -90,7 +94,7 @@ def parse_mix(text: str, cast: type = str) -> list[tuple[Any, float]]:
 
 def load_queries(source: str) -> list[str]:
     """Query texts from a JSONL/TXT file or BEIR folder; the first default that exists."""
-    candidates = [Path(source)] if source else list(DEFAULT_QUERIES)
+    candidates = [Path(source)] if source else [data_dir() / p for p in DEFAULT_QUERIES]
     for path in candidates:
         if path.is_dir():
             path = path / "queries.jsonl"

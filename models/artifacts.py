@@ -3,29 +3,39 @@
 An artifact is a folder with ``card.json``, ``tokenizer.json``, ``model.onnx``
 and, once quantized, ``model.int8.onnx``. Specs resolve in this order: an
 artifact folder; an aligned student by name (``$TANDEM_HOME/aligned/NAME``);
-anything ``tandem.models.sources`` resolves, exported on first use (needs the
-``export`` extra: torch is never needed once the artifact is cached).
+anything ``tandem.models.sources`` resolves, once exported into the cache.
+Finding is all this module does: exporting needs torch and lives in
+``tandem.toolchain.export`` (``tandem models export SPEC``), so serving and
+indexing never import it.
 """
 
 from __future__ import annotations
 
-import logging
-from importlib.util import find_spec
 from pathlib import Path
 
 from tandem.models.card import CARD_FILE
 from tandem.models.sources import ModelSource, resolve_source
 
 from tandem.errors import ModelError
-from tandem.home import publish_dir, sha256_file, stable_hash, tandem_home
-
-logger = logging.getLogger(__name__)
+from tandem.home import sha256_file, stable_hash, tandem_home
 
 EXPORT_FORMAT = 1  # bump when the exported graph changes, so caches are rebuilt
 
 
 class ArtifactError(ModelError):
     """No artifact exists for a spec and none can be built here."""
+
+
+class ArtifactNotExported(ArtifactError):
+    """The spec resolves to a model whose ONNX export is not in the cache yet."""
+
+    def __init__(self, spec: str, source: ModelSource, target: Path) -> None:
+        super().__init__(
+            f"{spec!r} has not been exported to ONNX yet: run `tandem models export {spec}`"
+        )
+        self.spec = spec
+        self.source = source
+        self.target = target  # where the export belongs
 
 
 def aligned_dir(name: str) -> Path:
@@ -56,8 +66,8 @@ def export_dir(source: ModelSource) -> Path:
     return tandem_home() / "onnx" / f"{source.name}-{key}"
 
 
-def resolve_artifact(spec: str, export_if_missing: bool = True) -> Path:
-    """The artifact folder for spec, exporting (once, cached) if needed and allowed."""
+def resolve_artifact(spec: str) -> Path:
+    """The artifact folder for spec; raises ArtifactNotExported naming the export command."""
     found = find_artifact(spec)
     if found is not None:
         return found
@@ -65,22 +75,7 @@ def resolve_artifact(spec: str, export_if_missing: bool = True) -> Path:
     target = export_dir(source)
     if (target / CARD_FILE).exists():
         return target
-    if not export_if_missing:
-        raise ArtifactError(
-            f"{spec!r} has not been exported yet: run `tandem models export {spec}`"
-        )
-    missing = [m for m in ("torch", "transformers", "sentence_transformers") if not find_spec(m)]
-    if missing:
-        raise ArtifactError(
-            f"exporting {spec!r} to ONNX needs {', '.join(missing)}: "
-            "run scripts/install.sh --export (or pip install 'tandem[export]')"
-        )
-    from tandem.toolchain.export import export_onnx
-
-    logger.info("exporting %s to ONNX into %s", source.name, target)
-    with publish_dir(target) as tmp:
-        export_onnx(source, tmp)
-    return target
+    raise ArtifactNotExported(spec, source, target)
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -104,7 +104,7 @@ class LoadedBundle:
 def resolve_student(spec: str) -> Path:
     """The student's artifact folder; never exports (a serving image has no torch)."""
     try:
-        return resolve_artifact(spec, export_if_missing=False)
+        return resolve_artifact(spec)
     except (ArtifactError, ModelSourceError) as exc:
         raise StartupCheckError(f"student {spec!r}: {exc}") from exc
 

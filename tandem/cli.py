@@ -7,6 +7,7 @@ import logging
 import typer
 from rich.logging import RichHandler
 
+from tandem.data.cli import app as data_app
 from tandem.demo import demo
 from tandem.indexer.cli import app as index_app
 from tandem.server.cli import serve
@@ -22,6 +23,7 @@ app.add_typer(
     models_app, name="models", help="Resolve, export, quantize, align and inspect encoders."
 )
 app.add_typer(index_app, name="index", help="Build and maintain index bundles.")
+app.add_typer(data_app, name="data", help="Fetch public evaluation datasets (BEIR).")
 app.command("serve", help="Serve /search over a bundle with an ONNX student.")(serve)
 app.command("demo", help="Index the sample corpus, serve it, print a curl.")(demo)
 

@@ -47,13 +47,13 @@ def demo(
     from tandem.bundle.format import BundleError, open_bundle
     from tandem.data.corpus import read_corpus
     from tandem.indexer.build import build_bundle
-    from tandem.models.artifacts import resolve_artifact
     from tandem.models.encoder import Encoder
     from tandem.toolchain.alignment_job import gather_texts, run_alignment
+    from tandem.toolchain.export import export_artifact
 
     started = time.perf_counter()
     with console.status("1/4 pulling and exporting the teacher and the student (cached)"):
-        teacher_dir, student_dir = resolve_artifact(teacher), resolve_artifact(student)
+        teacher_dir, student_dir = export_artifact(teacher), export_artifact(student)
     console.print(f"[green]1/4[/green] ONNX teacher {teacher_dir.name}, student {student_dir.name}")
 
     with console.status("2/4 aligning the student to the teacher (ridge adapter, cached)"):

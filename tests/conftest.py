@@ -9,22 +9,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from tandem.models.artifacts import resolve_artifact
 from tandem.models.encoder import Encoder
+from tandem.toolchain.export import export_artifact
 
 REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "samples"
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
 
 @pytest.fixture(scope="session")
 def teacher_dir() -> Path:
-    return resolve_artifact("all-mpnet-base-v2")
+    return export_artifact("all-mpnet-base-v2")
 
 
 @pytest.fixture(scope="session")
 def student_dir() -> Path:
-    return resolve_artifact("all-MiniLM-L6-v2")
+    return export_artifact("all-MiniLM-L6-v2")
 
 
 @pytest.fixture(scope="session")

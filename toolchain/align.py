@@ -26,6 +26,7 @@ from onnx import helper, numpy_helper
 from tandem.models.card import Alignment, ModelCard
 from tandem.models.embedding_cache import EmbeddingCache, encode_cached
 from tandem.models.encoder import OUTPUT_NAME, Encoder, TextKind
+from tandem.models.similarity import mean_cosine
 
 from tandem.errors import ModelError
 from tandem.home import sha256_file, stable_hash
@@ -84,8 +85,10 @@ class Adapter:
     val_cosine: dict[float, float] = field(default_factory=dict)
 
     def apply(self, x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-        y = x @ self.weight + self.bias  # (n, teacher_dim)
-        return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+        y: npt.NDArray[np.float32] = x @ self.weight + self.bias  # (n, teacher_dim)
+        norms = np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+        aligned: npt.NDArray[np.float32] = (y / norms).astype(np.float32)
+        return aligned
 
 
 def fit_ridge(x: npt.NDArray[np.float32], y: npt.NDArray[np.float32], lam: float) -> Adapter:
@@ -96,14 +99,6 @@ def fit_ridge(x: npt.NDArray[np.float32], y: npt.NDArray[np.float32], lam: float
     weight = np.linalg.solve(gram, xc.T @ yc)
     bias = y_mean - x_mean @ weight
     return Adapter(weight.astype(np.float32), bias.astype(np.float32), lam)
-
-
-def mean_cosine(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> float:
-    if len(a) == 0:
-        return float("nan")
-    a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
-    b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return float(np.mean(np.sum(a * b, axis=1)))
 
 
 @dataclass
@@ -190,7 +185,9 @@ class PairedEmbeddings:
 
 def paired_embeddings(student: Encoder, teacher: Encoder, texts: AlignTexts) -> PairedEmbeddings:
     """Embed every text with both models, through the embedding caches."""
-    kinds: list[TextKind] = ["query"] * len(texts.queries) + ["document"] * len(texts.passages)
+    queries: list[TextKind] = ["query"] * len(texts.queries)
+    passages: list[TextKind] = ["document"] * len(texts.passages)
+    kinds = queries + passages
     s_cache = EmbeddingCache.for_encoder(student)
     t_cache = EmbeddingCache.for_encoder(teacher)
     logger.info(

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, cast
 
 import typer
 from rich.console import Console
 from rich.table import Table
-from tandem.models.artifacts import ArtifactError, resolve_artifact
+from tandem.models.artifacts import ArtifactError
 from tandem.models.card import ModelCard
 from tandem.models.encoder import EncoderError
 from tandem.models.sources import BUILTINS, ModelSourceError, resolve_source
+from tandem.toolchain.export import export_artifact
 
 app = typer.Typer(no_args_is_help=True)
 console = Console()
@@ -45,7 +46,7 @@ def export(specs: Annotated[list[str], typer.Argument(help="Model specs to expor
         started = time.perf_counter()
         try:
             with console.status(f"exporting {spec} to ONNX and checking parity"):
-                folder = resolve_artifact(spec)
+                folder = export_artifact(spec)
         except USER_ERRORS as exc:
             raise _fail(exc) from exc
         card = ModelCard.load(folder)
@@ -65,7 +66,7 @@ def quantize(
     from tandem.toolchain.quantize import QuantizationRefused, quantize_best
 
     try:
-        folder = resolve_artifact(spec)
+        folder = export_artifact(spec)
         with console.status(f"quantizing {spec} (weight-only int8, per channel)"):
             card, attempts = quantize_best(folder, min_mean_cosine, min_cosine)
     except QuantizationRefused as exc:
@@ -81,7 +82,7 @@ def quantize(
 def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder.")]) -> None:
     """Dim, pooling, max length, fingerprint, ONNX variants and alignment of an encoder."""
     try:
-        folder = resolve_artifact(spec)
+        folder = export_artifact(spec)
         card = ModelCard.load(folder)
     except USER_ERRORS as exc:
         raise _fail(exc) from exc
@@ -148,13 +149,13 @@ def align(
     quantize_int8: Annotated[bool, typer.Option("--int8/--no-int8")] = True,
 ) -> None:
     """Align a student to a teacher's space; the result serves as `--student NAME`."""
-    from tandem.toolchain.alignment_job import gather_texts, run_alignment
+    from tandem.toolchain.alignment_job import Method, gather_texts, run_alignment
     from tandem.toolchain.distill import DistillConfig
 
     if method not in ("adapter", "distill"):
         raise _fail(ValueError(f"--method must be adapter or distill, not {method!r}"))
     try:
-        teacher_dir, student_dir = resolve_artifact(teacher), resolve_artifact(student)
+        teacher_dir, student_dir = export_artifact(teacher), export_artifact(student)
         with console.status(f"reading texts from {texts}"):
             n_pseudo = pseudo_queries or (24000 if method == "distill" else 8000)
             corpus = gather_texts(texts, n_pseudo)
@@ -171,10 +172,10 @@ def align(
             student_dir,
             teacher_dir,
             corpus,
-            method,
+            cast(Method, method),  # checked above
             name,
             config,
-            quantize_int8,  # type: ignore[arg-type]
+            quantize_int8,
         )
     except USER_ERRORS as exc:
         raise _fail(exc) from exc

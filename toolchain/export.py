@@ -13,16 +13,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import shutil
+from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
+from tandem.models.artifacts import ArtifactError, ArtifactNotExported, resolve_artifact
 from tandem.models.card import ModelCard
 from tandem.models.encoder import INPUT_NAMES, OUTPUT_NAME, Encoder, TokenBatch
 from tandem.models.sources import ModelSource
 
 from tandem.errors import ModelError
-from tandem.home import sha256_file
+from tandem.home import publish_dir, sha256_file
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +82,24 @@ PARITY_TEXTS: list[str] = [
 
 class ExportError(ModelError):
     """The export failed or did not pass the parity check."""
+
+
+def export_artifact(spec: str) -> Path:
+    """The artifact folder for spec, exporting it once (cached by input hash) if missing."""
+    try:
+        return resolve_artifact(spec)
+    except ArtifactNotExported as not_exported:
+        source, target = not_exported.source, not_exported.target
+    missing = [m for m in ("torch", "transformers", "sentence_transformers") if not find_spec(m)]
+    if missing:
+        raise ArtifactError(
+            f"exporting {spec!r} to ONNX needs {', '.join(missing)}: "
+            "run scripts/install.sh --export (or pip install 'tandem[export]')"
+        )
+    logger.info("exporting %s to ONNX into %s", source.name, target)
+    with publish_dir(target) as tmp:
+        export_onnx(source, tmp)
+    return target
 
 
 def export_onnx(source: ModelSource, dest: Path) -> ModelCard:
@@ -153,10 +174,11 @@ def check_parity(module: torch.nn.Module, encoder: Encoder) -> float:
     return worst
 
 
-def _cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def _cosine_rows(a: npt.NDArray[np.float32], b: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
-    return np.sum(a * b, axis=1)
+    cosines: npt.NDArray[np.float32] = np.sum(a * b, axis=1)
+    return cosines
 
 
 def _dummy_inputs() -> tuple[torch.Tensor, torch.Tensor]:

@@ -43,7 +43,7 @@ GOALS = (
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory: pytest.TempPathFactory, aligned_student_dir: Path) -> Path:
     out = tmp_path_factory.mktemp("bench")
-    command = [sys.executable, "-m", "bench", "--quick", "--out", str(out / "BENCHMARKS.md")]
+    command = [sys.executable, "-m", "bench", "--quick", "--out", str(out / "benchmarks.md")]
     command += ["--json", str(out / "results.json"), "--student", str(aligned_student_dir)]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, f"{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
@@ -57,7 +57,7 @@ def ratio_rows(text: str) -> list[list[str]]:
 
 
 def test_every_section_and_the_machine_header(quick_run: Path) -> None:
-    text = (quick_run / "BENCHMARKS.md").read_text()
+    text = (quick_run / "benchmarks.md").read_text()
     for heading in SECTIONS:
         assert heading in text, heading
     for fact in ("**Command**: `python -m bench --quick", "**Machine**", "**Load average**"):
@@ -65,7 +65,7 @@ def test_every_section_and_the_machine_header(quick_run: Path) -> None:
 
 
 def test_ratio_table_has_a_number_for_every_goal(quick_run: Path) -> None:
-    rows = ratio_rows((quick_run / "BENCHMARKS.md").read_text())
+    rows = ratio_rows((quick_run / "benchmarks.md").read_text())
     for goal in GOALS:
         assert any(goal in row[0] for row in rows), goal
     for goal, measured, target, of_goal, verdict, _detail in rows:

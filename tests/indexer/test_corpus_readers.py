@@ -11,10 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from tandem.data.corpus import CorpusError, CorpusStats, Doc, TextFields, as_doc, read_corpus
+from tests.support.data import beir_dataset
 from tests.support.index import corpus_rows, write_jsonl
-
-REPO = Path(__file__).resolve().parents[2]
-SCIFACT = REPO.parent / "shared" / "data" / "scifact"
 
 
 def test_jsonl_reads_ids_text_and_metadata(tmp_path: Path) -> None:
@@ -41,9 +39,10 @@ def test_default_template_is_title_space_text_stripped(tmp_path: Path) -> None:
 
 def test_beir_folder_texts_match_the_cached_teacher_keys() -> None:
     """The embedding cache holds SciFact under (title + ' ' + text).strip(): same texts here."""
-    with open(SCIFACT / "corpus.jsonl") as f:
+    scifact = beir_dataset("scifact")
+    with open(scifact / "corpus.jsonl") as f:
         raw = [json.loads(line) for line in islice(f, 200)]
-    docs = list(islice(read_corpus(SCIFACT), 200))
+    docs = list(islice(read_corpus(scifact), 200))
     assert [d.id for d in docs] == [r["_id"] for r in raw]
     assert [d.text for d in docs] == [(r.get("title", "") + " " + r["text"]).strip() for r in raw]
 

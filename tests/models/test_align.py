@@ -10,11 +10,11 @@ import pytest
 from tandem.models.card import ModelCard
 from tandem.models.encoder import Encoder
 from tandem.models.pairing import PairingError, check_pair
+from tandem.models.similarity import mean_cosine
 from tandem.toolchain.align import (
     Adapter,
     AlignTexts,
     fit_adapter,
-    mean_cosine,
     paired_embeddings,
     pseudo_queries,
     split_rows,

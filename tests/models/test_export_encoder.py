@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tandem.models.artifacts import resolve_artifact
+from tandem.models.artifacts import ArtifactNotExported, resolve_artifact
 from tandem.models.card import ModelCard
 from tandem.models.encoder import Encoder, plan_batches
 from tandem.models.sources import resolve_source
-from tandem.toolchain.export import PARITY_MIN_COSINE, PARITY_TEXTS
+from tandem.toolchain.export import PARITY_MIN_COSINE, PARITY_TEXTS, export_artifact
 
 TEXTS = [
     "vitamin d deficiency",
@@ -109,7 +109,9 @@ def test_second_resolve_reuses_the_cached_export(student_dir: Path) -> None:
 def test_export_into_fresh_home_then_reuse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A cold cache exports once; the second resolve finds it without exporting again."""
     monkeypatch.setenv("TANDEM_HOME", str(tmp_path))
-    first = resolve_artifact("all-MiniLM-L6-v2")
+    with pytest.raises(ArtifactNotExported, match="run `tandem models export all-MiniLM-L6-v2`"):
+        resolve_artifact("all-MiniLM-L6-v2")  # the runtime resolver never exports
+    first = export_artifact("all-MiniLM-L6-v2")
     assert first.is_relative_to(tmp_path)
     stamp = os.stat(first / "model.onnx").st_mtime_ns
     second = resolve_artifact("all-MiniLM-L6-v2")

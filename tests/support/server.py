@@ -1,4 +1,4 @@
-"""Helpers for server tests: constants, sample documents, and real server processes."""
+"""Helpers for server tests and benchmarks: constants, sample documents, real server processes."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from tandem.bundle.variants import query_codes, truncate_normalize
 
 from tandem.data.corpus import Doc, read_corpus
 
+HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
 SAMPLES = REPO / "samples"
 N_DOCS = 40
@@ -42,7 +43,7 @@ def sample_docs(n: int = N_DOCS) -> list[Doc]:
 
 def free_port() -> int:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((HOST, 0))
         return int(sock.getsockname()[1])
 
 
@@ -51,41 +52,99 @@ def serve_command(*args: str) -> list[str]:
     return [sys.executable, "-c", "from tandem.cli import app; app()", "serve", *args]
 
 
-class ServerProcess:
-    """A real ``tandem serve`` on 127.0.0.1, started and stopped by a test."""
+class ServerStartError(RuntimeError):
+    """A server exited or never became ready; the message has its log tail."""
 
-    def __init__(self, args: list[str], log: Path, env: dict[str, str] | None = None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+
+class ServerProcess:
+    """A real server process on 127.0.0.1: started, probed until ready, measured, stopped.
+
+    The one harness for tests and benchmarks: ``tandem serve`` (see
+    :func:`tandem_serve`) and the peers bench/ compares it with.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        command: list[str],
+        port: int,
+        log: Path,
+        ready_path: str = "/readyz",
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.name = name
+        self.command = command
+        self.port = port
+        self.url = f"http://{HOST}:{port}"
         self.log = log
-        self.args = [*args, "--host", "127.0.0.1", "--port", str(self.port)]
+        self.ready_path = ready_path
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
+        self.startup_s = 0.0  # from spawn to the first ready answer
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise ServerStartError(f"{self.name} is not running")
+        return self.proc.pid
 
     def start(self, timeout: float = 120.0) -> ServerProcess:
+        started = time.perf_counter()
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(
-                serve_command(*self.args), stdout=out, stderr=subprocess.STDOUT, env=self.env
+                self.command, stdout=out, stderr=subprocess.STDOUT, env=self.env
             )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.perf_counter() < started + timeout:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.logs()}")
+                raise ServerStartError(
+                    f"{self.name} exited with {self.proc.returncode}:\n{self.logs()}"
+                )
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if httpx.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
+                    self.startup_s = time.perf_counter() - started
                     return self
             time.sleep(0.2)
         self.stop()
-        raise RuntimeError(f"server not ready after {timeout}s:\n{self.logs()}")
+        raise ServerStartError(f"{self.name} not ready after {timeout:.0f}s:\n{self.logs()}")
 
-    def logs(self) -> str:
-        return self.log.read_text(errors="replace")[-6000:]
+    def logs(self, chars: int = 6000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
 
     def signal(self, sig: int) -> None:
         if self.proc is not None:
             self.proc.send_signal(sig)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the server and its children so far (NaN once gone)."""
+        import psutil  # type: ignore[import-untyped]  # dev extra; only measurements need it
+
+        try:
+            root = psutil.Process(self.pid)
+            total = 0.0
+            for proc in [root, *root.children(recursive=True)]:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    times = proc.cpu_times()
+                    total += times.user + times.system
+            return total
+        except psutil.NoSuchProcess:
+            return float("nan")
+
+    def rss_mib(self) -> float:
+        """Resident memory of the server and its children (NaN once gone)."""
+        import psutil  # type: ignore[import-untyped]
+
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+            return float(sum(p.memory_info().rss for p in procs) / 2**20)
+        except psutil.NoSuchProcess:
+            return float("nan")
+
     def stop(self) -> int | None:
+        """SIGTERM, then SIGKILL after 30 s; the exit code (None if never started)."""
         if self.proc is None or self.proc.poll() is not None:
             return None if self.proc is None else self.proc.returncode
         self.proc.send_signal(signal.SIGTERM)
@@ -96,15 +155,32 @@ class ServerProcess:
             return self.proc.wait(timeout=10)
 
 
+def tandem_serve(
+    args: list[str], log: Path, env: dict[str, str] | None = None, name: str = "server"
+) -> ServerProcess:
+    """``tandem serve ARGS`` on a free loopback port."""
+    port = free_port()
+    command = serve_command(*args, "--host", HOST, "--port", str(port))
+    return ServerProcess(name, command, port, log, "/readyz", env)
+
+
 @contextlib.contextmanager
-def running_server(
-    tmp_path: Path, args: list[str], env: dict[str, str] | None = None, name: str = "server"
-) -> Iterator[ServerProcess]:
-    server = ServerProcess(args, tmp_path / f"{name}.log", env).start()
+def running(server: ServerProcess, timeout: float = 300.0) -> Iterator[ServerProcess]:
+    """Start ``server``, yield it ready, stop it however the block ends."""
+    server.start(timeout)
     try:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def running_server(
+    tmp_path: Path, args: list[str], env: dict[str, str] | None = None, name: str = "server"
+) -> Iterator[ServerProcess]:
+    """``tandem serve ARGS``, ready, logging to ``tmp_path/NAME.log``."""
+    with running(tandem_serve(args, tmp_path / f"{name}.log", env, name), 120.0) as server:
+        yield server
 
 
 # ------------------------------------------------------------------ reference
