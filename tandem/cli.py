@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import logging
+import sys
+from typing import Any
 
 import typer
 from rich.logging import RichHandler
 
 from tandem.data.cli import app as data_app
 from tandem.demo import demo
+from tandem.errors import TandemError, exit_code
 from tandem.indexer.cli import app as index_app
 from tandem.server.cli import serve
 from tandem.toolchain.cli import app as models_app
 
-app = typer.Typer(
+
+class _Tandem(typer.Typer):
+    """The command, with one rule for errors tandem raises on purpose.
+
+    A ``TandemError`` that ends a command is printed as its message (no
+    traceback: the message says what to do) and exits with ``exit_code``: 2 to
+    fix the command or its inputs, 75 to retry later, 1 otherwise.
+    """
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except TandemError as exc:
+            sys.stderr.write(f"tandem: {exc.message}\n")
+            sys.exit(exit_code(exc))
+
+
+app = _Tandem(
     name="tandem",
     help="Asymmetric teacher/student retrieval: index with a teacher, query with a student.",
     no_args_is_help=True,
