@@ -364,16 +364,15 @@ class _SearchRun:
                 row += len(vectors[j])
         started = time.perf_counter()
         try:
-            docs = self._documents(ranked, jobs)
+            docs = self._documents(ranked)
         except BundleError as exc:
             failure = BundleFailure(f"reading documents of bundle {self.loaded.version}: {exc}")
             return [failure if j in ranked else out for j, out in enumerate(outputs)]
         fetch_s = time.perf_counter() - started
         for j, (result, first, n) in ranked.items():
-            options: SearchOptions = jobs[j]
+            asked: SearchOptions = jobs[j]
             hits = [
-                _hits(result.ids[q], result.scores[q], docs, options)
-                for q in range(first, first + n)
+                _hits(result.ids[q], result.scores[q], docs, asked) for q in range(first, first + n)
             ]
             outputs[j] = _Found(
                 hits,
@@ -386,9 +385,7 @@ class _SearchRun:
             )
         return outputs
 
-    def _documents(
-        self, ranked: dict[int, tuple[Ranked, int, int]], jobs: Sequence[Any]
-    ) -> dict[int, Document]:
+    def _documents(self, ranked: dict[int, tuple[Ranked, int, int]]) -> dict[int, Document]:
         """Every hit of the batch in one docstore read (ids ascending, no repeats)."""
         wanted: set[int] = set()
         for _j, (result, first, n) in ranked.items():
