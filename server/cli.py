@@ -156,6 +156,10 @@ def run(settings: ServerSettings) -> None:
     config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
+        # h11, not httptools: h11 bounds the size of request headers (uvicorn answers 4xx
+        # past 16 KiB); httptools accepts a 1 MiB header. The event loop is uvloop when
+        # installed (uvicorn's "auto").
+        http="h11",
         host=settings.host,
         port=settings.port,
         workers=settings.workers,
