@@ -37,7 +37,7 @@ def wait(driver: webdriver.Chrome, timeout: float = WAIT_S) -> WebDriverWait[web
 
 def open_console(driver: webdriver.Chrome, url: str, path: str = "/") -> None:
     """Load the page and wait until /info is shown; log lines of earlier pages are dropped."""
-    driver.get_log("browser")
+    driver.get_log("browser")  # type: ignore[no-untyped-call]
     driver.get(url + path)
     wait(driver).until(EC.text_to_be_present_in_element((By.ID, "connection-text"), "serving"))
     wait(driver).until(lambda d: d.execute_script("return document.readyState") == "complete")
@@ -45,7 +45,8 @@ def open_console(driver: webdriver.Chrome, url: str, path: str = "/") -> None:
 
 def browser_errors(driver: webdriver.Chrome) -> list[dict[str, Any]]:
     """SEVERE entries of the browser console since the last call (the log is drained)."""
-    return [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    entries: list[dict[str, Any]] = driver.get_log("browser")  # type: ignore[no-untyped-call]
+    return [e for e in entries if e["level"] == "SEVERE"]
 
 
 def choose(driver: webdriver.Chrome, select_id: str, value: str) -> None:
@@ -265,7 +266,7 @@ def test_api_errors_are_shown_as_the_api_message(
     browser: webdriver.Chrome, open_server: ServerProcess
 ) -> None:
     open_console(browser, open_server.url)
-    refused = [
+    refused: list[tuple[int, str, dict[str, Any]]] = [
         # (k, filter text, request body the page sends)
         (5, '{"a\\"b": 1}', {"filter": {'a"b': 1}, "k": 5}),
         (5000, "", {"k": 5000}),

@@ -30,7 +30,7 @@ def anyio_backend() -> str:
 
 
 async def client_for(**overrides: object) -> AsyncIterator[httpx.AsyncClient]:
-    settings = ServerSettings(bundle=Path("/unused"), student="unused", **overrides)  # type: ignore[arg-type]
+    settings = ServerSettings(bundle=Path("/unused"), student="unused", **overrides)
     transport = httpx.ASGITransport(app=create_app(settings))
     async with httpx.AsyncClient(transport=transport, base_url="http://console.test") as client:
         yield client

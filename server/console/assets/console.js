@@ -614,13 +614,15 @@
     drawSpark();
   }
 
-  // Requests per second over the window as steps: each rate holds over its interval.
+  // Requests per second as steps: each rate holds over its interval.
   function drawSpark() {
     const svg = $("live-spark");
     svg.replaceChildren();
     if (snapshots.length < 2) return;
+    // The x axis spans the snapshots held: the last minute once the page has been open that long.
     const now = snapshots[snapshots.length - 1].t;
-    const x = (t) => Math.max(0, 200 - ((now - t) / METRICS_WINDOW_S) * 200);
+    const span = Math.max(now - snapshots[0].t, 1e-6);
+    const x = (t) => 200 - ((now - t) / span) * 200;
     const steps = [];
     for (let i = 1; i < snapshots.length; i++) {
       const dt = snapshots[i].t - snapshots[i - 1].t;
