@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,26 @@ def set_options(
 # ----------------------------------------------------------------------- tests
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/console/assets/../../../../etc/passwd",
+        "/console/assets/%2e%2e/%2e%2e/%2e%2e/etc/passwd",
+        "/console/assets/..%2f..%2f..%2fetc%2fpasswd",
+        "/console/assets/../__init__.py",
+        "/console/assets/%2e%2e/__init__.py",
+    ],
+)
+def test_assets_reach_no_file_outside_their_folder(open_server: ServerProcess, target: str) -> None:
+    """Sent byte for byte: HTTP clients would normalize the ``..`` away."""
+    with socket.create_connection(("127.0.0.1", open_server.port), timeout=30) as sock:
+        request = f"GET {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        sock.sendall(request.encode())
+        answer = sock.makefile("rb").read().decode(errors="replace")
+    assert answer.split()[1] == "404", answer[:200]
+    assert "root:" not in answer and "mount_console" not in answer
+
+
 def test_info_reports_bytes_per_document(open_server: ServerProcess) -> None:
     """What the console's variant table shows: index bytes over documents, per variant."""
     bundle = httpx.get(f"{open_server.url}/info", timeout=30).json()["bundle"]
@@ -141,7 +162,7 @@ def test_page_shows_the_bundle_without_console_errors(
             assert float(cells[2].text) == pytest.approx(variant["bytes_per_doc"], abs=0.5)
             assert cells[3].text == variant["device"]
         default_row = browser.find_element(By.CSS_SELECTOR, "#variants tr.default td")
-        assert default_row.text.startswith(bundle["default_variant"])
+        assert default_row.text == bundle["default_variant"]
 
         models = browser.find_element(By.ID, "model-facts").text
         student = info["student"]
@@ -153,7 +174,8 @@ def test_page_shows_the_bundle_without_console_errors(
         for kind, cosine in alignment["heldout_cosine"].items():
             assert f"{kind} {cosine:.3f}" in models
         facts = browser.find_element(By.ID, "bundle-facts").text
-        assert f"{bundle['n_docs']}" in facts
+        assert f"documents\n{bundle['n_docs']}" in facts
+        assert f"default\n{bundle['default_variant']}" in facts
 
         # every control has a label the browser associates with it
         unlabeled = browser.execute_script(
@@ -250,6 +272,16 @@ def test_compare_shows_two_lists_their_overlap_and_moves(
         if item.find_elements(By.CSS_SELECTOR, ".move.gone")
     ]
     assert only_a == [doc for doc in ids_a if doc not in ids_b]
+
+    # a clamped snippet opens from the keyboard
+    more = next(
+        b for b in browser.find_elements(By.CSS_SELECTOR, "#pane-a button.more") if b.is_displayed()
+    )
+    snippet = more.find_element(By.XPATH, "preceding-sibling::p[1]")
+    clamped = snippet.size["height"]
+    more.send_keys(Keys.ENTER)
+    assert more.get_attribute("aria-expanded") == "true" and more.text == "less"
+    assert snippet.size["height"] > clamped
 
     # bin-768 alone against bin-768 rescored: the second list is the exact reranking
     choose(browser, "variant-b", "bin-768")

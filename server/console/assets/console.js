@@ -8,7 +8,6 @@
   const METRICS_WINDOW_S = 60;
   const API_ROUTES = new Set(["/search", "/search/batch", "/v1/embeddings"]);
   const STAGES = ["queue", "tokenize", "embed", "search", "rescore"];
-  const SNIPPET_CHARS = 220;
   // Page at "/" or "/console": the API lives next to it (a path prefix set by a proxy is kept).
   const BASE = new URL(".", document.baseURI);
 
@@ -191,6 +190,7 @@
     facts.replaceChildren();
     fact(facts, "documents", bundle.n_docs.toLocaleString());
     fact(facts, "vectors", `${bundle.dim}-d ${bundle.vectors_dtype}`);
+    fact(facts, "default", el("code", { text: bundle.default_variant }));
     fact(facts, "created", String(bundle.created_at || "–").replace("T", " "));
     fact(facts, "faiss", `${data.faiss.version} on ${data.faiss.device}`);
 
@@ -201,7 +201,7 @@
         "tr",
         { className: v.name === bundle.default_variant ? "default" : null },
         el("td", {}, el("code", { text: v.name })),
-        el("td", { text: v.kind + (v.hnsw ? " hnsw" : "") }),
+        el("td", { text: v.kind }),
         el("td", { className: "num", text: v.bytes_per_doc == null ? "–" : fmtNum(v.bytes_per_doc, 0) }),
         el("td", { text: v.device }),
       );
@@ -239,7 +239,7 @@
     for (const id of ["variant-a", "variant-b"]) {
       const select = $(id);
       const keep = select.value;
-      select.replaceChildren(el("option", { value: "", text: `server default (${fallback})` }));
+      select.replaceChildren(el("option", { value: "", text: `default (${fallback})` }));
       for (const name of names) select.append(el("option", { value: name, text: name }));
       if (names.includes(keep)) select.value = keep;
     }
@@ -355,6 +355,7 @@
       return;
     }
     renderResults(query, bodies, outcomes);
+    updateMoreButtons();
     const answered = outcomes.find((o) => o.status === "fulfilled").value;
     $("search-status").textContent =
       `${answered.results.length} results in ${fmtMs(elapsed)} round trip` +
@@ -431,9 +432,7 @@
         ),
         titled ? el("p", { className: "hit-title", text: meta.title }) : null,
         text ? snippet : null,
-        text.length > SNIPPET_CHARS
-          ? el("button", { type: "button", className: "more", "aria-expanded": "false", text: "more" })
-          : null,
+        text ? el("button", { type: "button", className: "more", "aria-expanded": "false", text: "more", hidden: true }) : null,
         shownMeta.length
           ? el(
               "ul",
@@ -532,6 +531,15 @@
       summary.hidden = false;
     } else {
       summary.hidden = true;
+    }
+  }
+
+  // "more" only where the clamped snippet hides text (rechecked when the panes resize).
+  function updateMoreButtons() {
+    for (const button of document.querySelectorAll("#panes button.more")) {
+      const snippet = button.previousElementSibling;
+      if (snippet.classList.contains("open")) continue;
+      button.hidden = snippet.scrollHeight <= snippet.clientHeight + 1;
     }
   }
 
@@ -686,6 +694,7 @@
       button.setAttribute("aria-expanded", String(open));
       button.textContent = open ? "less" : "more";
     });
+    new ResizeObserver(updateMoreButtons).observe($("panes"));
     loadInfo().then(() => $("query").focus());
     pollMetrics();
     setInterval(pollMetrics, METRICS_EVERY_MS);
