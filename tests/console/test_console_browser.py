@@ -390,6 +390,16 @@ def test_keyed_server_asks_for_the_key_once(tmp_path: Path, serve_args: list[str
         try:
             driver.get(server.url + "/")
             dialog = wait(driver).until(EC.visibility_of_element_located((By.ID, "key-dialog")))
+            # cancelled: the page shows the API's answer, and a way back to the prompt
+            driver.find_element(By.ID, "key-cancel").click()
+            refusal = httpx.get(f"{server.url}/info", timeout=30)
+            assert refusal.status_code == 401
+            error = wait(driver).until(EC.visibility_of_element_located((By.ID, "error")))
+            message = error.find_element(By.CSS_SELECTOR, ".error-message").text
+            assert message == refusal.json()["error"]
+            assert "not connected" in driver.find_element(By.ID, "connection-text").text
+            driver.find_element(By.ID, "change-key").send_keys(Keys.ENTER)
+            wait(driver).until(EC.visibility_of_element_located((By.ID, "key-dialog")))
             key_field = driver.find_element(By.ID, "api-key")
             assert driver.switch_to.active_element == key_field
             key_field.send_keys("wrong-key" + Keys.ENTER)
@@ -400,6 +410,7 @@ def test_keyed_server_asks_for_the_key_once(tmp_path: Path, serve_args: list[str
                 EC.text_to_be_present_in_element((By.ID, "connection-text"), "serving")
             )
             assert not dialog.is_displayed()
+            assert not driver.find_element(By.ID, "error").is_displayed()
             # no /docs with a key: the page does not link to it
             assert not driver.find_element(By.ID, "docs-link").is_displayed()
 

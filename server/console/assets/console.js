@@ -115,6 +115,7 @@
         return await request(path, body);
       } catch (err) {
         if (!(err instanceof ApiError) || err.status !== 401) throw err;
+        $("change-key").hidden = false; // the way back to the prompt after a cancel
         const hadKey = sessionStorage.getItem(KEY_STORAGE) !== null;
         sessionStorage.removeItem(KEY_STORAGE);
         const reason = hadKey ? "The server refused that key: " + err.message : "";
@@ -680,7 +681,10 @@
       $("variant-b").dataset.touched = "1";
     });
     $("change-key").addEventListener("click", async () => {
-      if (await askForKey("")) loadInfo();
+      if (await askForKey("")) {
+        clearError();
+        loadInfo();
+      }
     });
     $("key-cancel").addEventListener("click", () => {
       $("key-dialog").close("cancel");
