@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
+from tandem.server.console import mount_console
 from tandem.server.errors import (
     AdminDisabled,
     ModelNotFound,
@@ -246,6 +247,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.include_router(probes)
     app.include_router(api)
     app.include_router(admin)
+    if settings.console:
+        mount_console(app)
     return app
 
 

@@ -66,6 +66,7 @@ HELP = {
     "ef_search": "HNSW efSearch.",
     "watch_current": "Reload by itself when `current` moves.",
     "served_model_name": "Model id in the OpenAI-compatible routes.",
+    "console": "Serve the search console at / and /console (a page to try queries).",
     "log_level": "critical, error, warning, info or debug.",
     "log_queries": "Log every query text (off by default: queries may hold personal data).",
     "retry_after_s": "Retry-After seconds on 429 and 503.",
@@ -132,6 +133,9 @@ def serve(
     ] = None,
     served_model_name: Annotated[
         str | None, typer.Option("--served-model-name", help=HELP["served_model_name"])
+    ] = None,
+    console: Annotated[
+        bool | None, typer.Option("--console/--no-console", help=HELP["console"])
     ] = None,
     log_level: Annotated[str | None, typer.Option("--log-level", help=HELP["log_level"])] = None,
     log_queries: Annotated[
