@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from tandem.server.console import mount_console
 from tandem.server.errors import install_error_handlers
 from tandem.server.hotswap import Reloader
 from tandem.server.metrics import Metrics
@@ -84,4 +85,6 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.add_middleware(RequestMetrics, metrics=metrics)
     for router in ROUTERS:
         app.include_router(router)
+    if settings.console:
+        mount_console(app)
     return app

@@ -26,6 +26,10 @@ def describe(service: SearchService) -> dict[str, Any]:
                 "hnsw": spec.hnsw,
                 "bytes": vinfo.bytes if vinfo else None,
                 "ntotal": vinfo.ntotal if vinfo else None,
+                # what a document costs in this variant's index (the size trade-off)
+                "bytes_per_doc": round(vinfo.bytes / vinfo.ntotal, 2)
+                if vinfo and vinfo.ntotal
+                else None,
                 "device": loaded.devices[name],
             }
         )

@@ -99,6 +99,9 @@ class ServerSettings(BaseSettings):
     served_model_name: str | None = Field(
         None, description="model id for /v1/models and /v1/embeddings (default: the student name)"
     )
+    console: bool = Field(
+        True, description="serve the search console (a page to try queries) at / and /console"
+    )
 
     # Micro-batching and admission (TEI's knobs).
     max_batch_size: int = Field(

@@ -2,7 +2,8 @@
 
 Pulls the offline teacher and student, exports both to ONNX, aligns the
 student to the teacher (ridge adapter), builds an index bundle of the sample
-corpus, starts the server and prints a ready-to-paste curl for /search.
+corpus, starts the server and prints a ready-to-paste curl for /search and the
+URL of the search console.
 Everything it derives is cached, so a second run starts serving in seconds.
 """
 
@@ -43,7 +44,7 @@ def demo(
     port: Annotated[int, typer.Option(help="Port to serve on.")] = 8080,
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the server.")] = True,
 ) -> None:
-    """Pull, export, align, index the sample corpus, serve, and print a curl for /search."""
+    """Pull, export, align, index the sample corpus, serve; print a curl and the console URL."""
     from tandem.bundle.format import BundleError, open_bundle
     from tandem.data.corpus import read_corpus
     from tandem.indexer.build import build_bundle
@@ -103,7 +104,8 @@ def _serve(bundle: Path, host: str, port: int) -> None:
             soft_wrap=True,
             highlight=False,
         )
-        console.print(f"\nmetrics: {base}/metrics   info: {base}/info   Ctrl-C stops the server.")
+        console.print(f"\nor open the search console: [bold]{base}/[/bold]", highlight=False)
+        console.print(f"metrics: {base}/metrics   info: {base}/info   Ctrl-C stops the server.")
         server.wait()
     except KeyboardInterrupt:
         pass
