@@ -51,9 +51,6 @@ WARMUP_TEXT = "a short warm-up query"
 # Tokenizing a few short queries costs microseconds: do it on the event loop.
 # Larger requests go to a thread so they never stall other requests.
 INLINE_TOKENIZE_CHARS = 2048
-# A batch may search on the event loop (when the server is idle) only if a flat
-# scan reads at most this many stored values: ~5 ms of one core.
-INLINE_SEARCH_VALUES = 1 << 25
 
 
 class SearchService:
@@ -81,7 +78,6 @@ class SearchService:
             retry_after_s=settings.retry_after_s,
             metrics=metrics,
             stage=_SearchStage(self),
-            inline_when_idle=settings.inline_when_idle,
             thread_init=self._thread_init,
         )
         # Tokenizes requests too large to tokenize on the event loop.
@@ -141,7 +137,6 @@ class SearchService:
 
     # -- lifecycle ---------------------------------------------------------
     async def start(self) -> None:
-        self._thread_init()  # the event loop's thread searches when the server is idle
         self.batcher.start()
         card = self.encoder.card
         self.metrics.model_info.labels(
@@ -323,9 +318,6 @@ class _SearchRun:
     def __init__(self, service: SearchService, loaded: LoadedBundle) -> None:
         self.service = service
         self.loaded = loaded
-        flat = [s for s in loaded.specs.values() if not s.hnsw]
-        widest = max((s.dim for s in flat), default=0)
-        self.inline_ok = loaded.n_docs * widest <= INLINE_SEARCH_VALUES
 
     def close(self) -> None:
         self.loaded.release()

@@ -68,11 +68,6 @@ class ServerSettings(BaseSettings):
         "spinning threads take the cores the tokenizer, FAISS and the event loop need "
         "(measured 5x slower at p50 on a shared 2-core machine)",
     )
-    inline_when_idle: bool = Field(
-        False,
-        description="run a small batch (embedding + search) on the event loop when nothing "
-        "else is in flight, saving the thread hops; off always uses the worker thread",
-    )
 
     # Network.
     host: str = Field("0.0.0.0", description="interface to bind")
