@@ -42,16 +42,16 @@ class TandemRetriever(BaseRetriever):
 
     url: str | None = None
     api_key: SecretStr | None = None
-    k: int = Field(4, ge=1, description="documents per query")
+    k: int = Field(default=4, ge=1, description="documents per query")
     filter: dict[str, FilterValue] | None = Field(
-        None, description="metadata equality: every key must equal its value"
+        default=None, description="metadata equality: every key must equal its value"
     )
     variant: str | None = None
     rescore: bool | None = None
     mode: str | None = None
     timeout: float = 30.0
-    client: TandemClient | None = Field(None, exclude=True)
-    async_client: AsyncTandemClient | None = Field(None, exclude=True)
+    client: TandemClient | None = Field(default=None, exclude=True)
+    async_client: AsyncTandemClient | None = Field(default=None, exclude=True)
     _sync: TandemClient | None = PrivateAttr(None)
     _async: AsyncTandemClient | None = PrivateAttr(None)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-from tandem.cli import app
-from tandem.client import TandemClient
 from typer.testing import CliRunner
 
+from tandem.cli import app
+from tandem.client import TandemClient
 from tests.support.server import API_KEY, QUERIES, ServerProcess
 
 pytestmark = pytest.mark.slow

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+
 from tandem.client import (
     AsyncTandemClient,
     AuthenticationError,
@@ -20,7 +21,6 @@ from tandem.client import (
 )
 from tandem.client.retry import parse_retry_after
 from tandem.schemas import EmbeddingsResponse, Hit, SearchResponse
-
 from tests.support.server import API_KEY, QUERIES, ServerProcess, free_port
 
 pytestmark = pytest.mark.slow

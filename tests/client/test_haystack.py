@@ -16,9 +16,9 @@ from haystack import Document, Pipeline
 from haystack.components.builders import PromptBuilder
 from haystack.document_stores.types import FilterPolicy
 from haystack.utils import Secret
+
 from tandem.client import TandemClient
 from tandem.client.haystack import TandemRetriever
-
 from tests.support.server import API_KEY, QUERIES, ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -78,9 +78,7 @@ def test_unsupported_filters_are_refused_with_a_reason() -> None:
     with pytest.raises(ValueError, match="operator '>' is not supported"):
         TandemRetriever(filters={"field": "meta.year", "operator": ">", "value": 2000})
     with pytest.raises(ValueError, match="ANDed"):
-        TandemRetriever(
-            filters={"operator": "OR", "conditions": [on_topic("a"), on_topic("b")]}
-        )
+        TandemRetriever(filters={"operator": "OR", "conditions": [on_topic("a"), on_topic("b")]})
     with pytest.raises(ValueError, match="meta.<key>"):
         TandemRetriever(filters={"field": "content", "operator": "==", "value": "x"})
 

@@ -14,9 +14,10 @@ from langchain_core.documents import Document
 from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnablePassthrough
 from langchain_tests.integration_tests import RetrieversIntegrationTests
+from pydantic import SecretStr
+
 from tandem.client import AsyncTandemClient, InvalidRequestError, TandemClient
 from tandem.client.langchain import TandemRetriever
-
 from tests.support.server import API_KEY, QUERIES, ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
@@ -56,7 +57,10 @@ def test_documents_carry_id_score_and_metadata(server: ServerProcess) -> None:
 async def test_async_filters_and_per_call_overrides(server: ServerProcess) -> None:
     async with AsyncTandemClient(server.url, api_key=API_KEY) as aclient:
         retriever = TandemRetriever(
-            url=server.url, api_key=API_KEY, async_client=aclient, filter={"topic": "climate"}
+            url=server.url,
+            api_key=SecretStr(API_KEY),
+            async_client=aclient,
+            filter={"topic": "climate"},
         )
         docs = await retriever.ainvoke(QUERIES[0])
         assert len(docs) == 4  # LangChain's default k

@@ -19,9 +19,9 @@ from llama_index.core.vector_stores.types import (
     MetadataFilter,
     MetadataFilters,
 )
+
 from tandem.client import AsyncTandemClient, TandemClient
 from tandem.client.llamaindex import TandemRetriever
-
 from tests.support.server import API_KEY, QUERIES, ServerProcess
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 import numpy as np
 import openai
 import pytest
-from tandem.client import TandemClient
 
+from tandem.client import TandemClient
 from tests.support.server import API_KEY, QUERIES, ServerProcess
 
 pytestmark = pytest.mark.slow
@@ -50,9 +50,9 @@ def test_float_encoding(oai: openai.OpenAI, reference: np.ndarray) -> None:
 def test_base64_encoding(oai: openai.OpenAI, reference: np.ndarray) -> None:
     model = served_model(oai)
     response = oai.embeddings.create(model=model, input=QUERIES[:3], encoding_format="base64")
-    encoded = [d.embedding for d in response.data]
+    encoded: list[object] = [d.embedding for d in response.data]
     assert all(isinstance(e, str) for e in encoded)  # asked for base64, handed back as is
-    vectors = np.stack([np.frombuffer(base64.b64decode(e), dtype="<f4") for e in encoded])
+    vectors = np.stack([np.frombuffer(base64.b64decode(str(e)), dtype="<f4") for e in encoded])
     np.testing.assert_allclose(vectors, reference, atol=1e-5)
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from tandem.client import AsyncTandemClient, RetryPolicy, SearchResponse, TandemClient
 
+from tandem.client import AsyncTandemClient, RetryPolicy, SearchResponse, TandemClient
 from tests.client.conftest import serve_args
 from tests.support.server import API_KEY, QUERIES, ServerProcess, running_server
 
@@ -97,13 +97,16 @@ def test_sync_client_retries_429_from_concurrent_threads(tiny_queue_server: Serv
     )
     responses: list[SearchResponse] = []
     errors: list[BaseException] = []
-    with http, TandemClient(
-        tiny_queue_server.url, api_key=API_KEY, retry=POLICY, http_client=http
-    ) as client:
+    with (
+        http,
+        TandemClient(
+            tiny_queue_server.url, api_key=API_KEY, retry=POLICY, http_client=http
+        ) as client,
+    ):
         for _ in range(MAX_BURSTS):
             gate = threading.Barrier(BURST)
 
-            def one(i: int) -> None:
+            def one(i: int, gate: threading.Barrier) -> None:
                 gate.wait()
                 try:
                     found = client.search(QUERIES[i % len(QUERIES)], k=3)
@@ -113,7 +116,7 @@ def test_sync_client_retries_429_from_concurrent_threads(tiny_queue_server: Serv
                     with log.lock:
                         responses.append(found)
 
-            threads = [threading.Thread(target=one, args=(i,)) for i in range(BURST)]
+            threads = [threading.Thread(target=one, args=(i, gate)) for i in range(BURST)]
             for thread in threads:
                 thread.start()
             for thread in threads:
@@ -138,9 +141,12 @@ async def test_async_client_retries_429_from_concurrent_tasks(
 
     http = httpx.AsyncClient(event_hooks={"request": [on_request], "response": [on_response]})
     responses: list[SearchResponse] = []
-    async with http, AsyncTandemClient(
-        tiny_queue_server.url, api_key=API_KEY, retry=POLICY, http_client=http
-    ) as client:
+    async with (
+        http,
+        AsyncTandemClient(
+            tiny_queue_server.url, api_key=API_KEY, retry=POLICY, http_client=http
+        ) as client,
+    ):
         for _ in range(MAX_BURSTS):
             burst = [client.search(QUERIES[i % len(QUERIES)], k=3) for i in range(BURST)]
             responses += await asyncio.gather(*burst)
