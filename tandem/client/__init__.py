@@ -26,6 +26,7 @@ from tandem.client.errors import (
     TandemAPIError,
     TandemConnectionError,
     TandemError,
+    TandemTimeoutError,
 )
 from tandem.client.retry import RetryPolicy
 from tandem.schemas import EmbeddingsResponse, Hit, SearchResponse, Timings
@@ -49,5 +50,6 @@ __all__ = [
     "TandemClient",
     "TandemConnectionError",
     "TandemError",
+    "TandemTimeoutError",
     "Timings",
 ]

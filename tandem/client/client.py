@@ -25,7 +25,7 @@ import httpx
 from pydantic import BaseModel
 
 from tandem import __version__
-from tandem.client.errors import TandemConnectionError, error_from_response
+from tandem.client.errors import TandemConnectionError, TandemTimeoutError, error_from_response
 from tandem.client.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 from tandem.schemas import (
     BatchSearchResponse,
@@ -95,8 +95,10 @@ class _Settings:
         return error_from_response(response, parse_retry_after(response.headers.get("retry-after")))
 
     def unreachable(self, exc: httpx.TransportError) -> TandemConnectionError:
-        kind = type(exc).__name__
-        return TandemConnectionError(f"{self.url}: {kind}: {exc}")
+        kind = (
+            TandemTimeoutError if isinstance(exc, httpx.TimeoutException) else TandemConnectionError
+        )
+        return kind(f"{self.url}: {type(exc).__name__}: {exc}")
 
 
 def _search_body(

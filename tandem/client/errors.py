@@ -23,6 +23,10 @@ class TandemConnectionError(TandemError):
     """The server could not be reached, or the connection broke or timed out."""
 
 
+class TandemTimeoutError(TandemConnectionError):
+    """The server did not answer within the client's timeout (not retried: it may be working)."""
+
+
 class TandemAPIError(TandemError):
     """The server answered with an error status; ``type`` and ``message`` are its own words."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,6 +19,7 @@ from tandem.client import (
     RetryPolicy,
     TandemClient,
     TandemConnectionError,
+    TandemTimeoutError,
 )
 from tandem.client.retry import parse_retry_after
 from tandem.schemas import EmbeddingsResponse, Hit, SearchResponse
@@ -187,6 +189,18 @@ def test_unreachable_server_raises_after_retrying_the_connection() -> None:
         with pytest.raises(TandemConnectionError, match="ConnectError"):
             client.search("anything")
         assert client.retries == 2
+
+
+def test_read_timeout_is_raised_without_retrying() -> None:
+    # A socket that listens but never answers: the connection is made, the reply never comes.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        with TandemClient(url, timeout=0.3) as client:
+            with pytest.raises(TandemTimeoutError, match="ReadTimeout"):
+                client.search("anything")
+            assert client.retries == 0
 
 
 def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:

@@ -20,7 +20,13 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tandem.client import AsyncTandemClient, RetryPolicy, SearchResponse, TandemClient
+from tandem.client import (
+    AsyncTandemClient,
+    RetryPolicy,
+    SearchResponse,
+    ServiceUnavailableError,
+    TandemClient,
+)
 from tests.client.conftest import serve_args
 from tests.support.server import API_KEY, QUERIES, ServerProcess, running_server
 
@@ -45,6 +51,18 @@ def tiny_queue_server(
         "--retry-after-s",
         str(RETRY_AFTER_S),
     )
+    with running_server(tmp, args, {"TANDEM_API_KEY": API_KEY}) as proc:
+        yield proc
+
+
+@pytest.fixture(scope="module")
+def deadline_server(
+    tmp_path_factory: pytest.TempPathFactory, client_bundle: Path, aligned_student_dir: Path
+) -> Iterator[ServerProcess]:
+    """Every search misses a one-microsecond deadline: 503 deadline_exceeded, Retry-After: 0."""
+    tmp = tmp_path_factory.mktemp("deadline")
+    extra = ("--request-timeout-s", "0.000001", "--retry-after-s", "0")
+    args = serve_args(client_bundle, aligned_student_dir, *extra)
     with running_server(tmp, args, {"TANDEM_API_KEY": API_KEY}) as proc:
         yield proc
 
@@ -153,3 +171,22 @@ async def test_async_client_retries_429_from_concurrent_tasks(
             if 429 in log.statuses():
                 break
         check(log, responses, client.retries)
+
+
+def test_503_is_retried_then_raised_with_the_servers_type(deadline_server: ServerProcess) -> None:
+    statuses: list[int] = []
+    http = httpx.Client(event_hooks={"response": [lambda r: statuses.append(r.status_code)]})
+    policy = RetryPolicy(max_retries=2, backoff_s=0.05)
+    with (
+        http,
+        TandemClient(
+            deadline_server.url, api_key=API_KEY, retry=policy, http_client=http
+        ) as client,
+    ):
+        with pytest.raises(ServiceUnavailableError) as caught:
+            client.search(QUERIES[0])
+        assert client.retries == 2
+    assert statuses == [503, 503, 503]
+    error = caught.value
+    assert error.type == "deadline_exceeded" and "deadline" in error.message
+    assert error.retry_after == 0
