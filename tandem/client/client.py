@@ -25,7 +25,12 @@ import httpx
 from pydantic import BaseModel
 
 from tandem import __version__
-from tandem.client.errors import TandemConnectionError, TandemTimeoutError, error_from_response
+from tandem.client.errors import (
+    TandemAPIError,
+    TandemConnectionError,
+    TandemTimeoutError,
+    error_from_response,
+)
 from tandem.client.retry import RETRY_STATUSES, RetryPolicy, parse_retry_after
 from tandem.schemas import (
     BatchSearchResponse,
@@ -76,22 +81,26 @@ class _Settings:
             self._retries += 1
 
     def next_delay(
-        self, retry: int, response: httpx.Response | None, method: str, path: str
+        self, attempt: int, response: httpx.Response | None, method: str, path: str
     ) -> float | None:
-        """Seconds before retry number ``retry``, or None when this outcome is final."""
+        """Seconds to wait after failed attempt ``attempt`` (1-based), or None to give up.
+
+        ``response`` is None when the connection failed before anything was sent.
+        """
         if response is None:
-            delay = self.retry.delay(retry, None)
+            delay = self.retry.delay(attempt, None)
             cause = "connection failed"
         elif response.status_code in RETRY_STATUSES:
-            delay = self.retry.delay(retry, parse_retry_after(response.headers.get("retry-after")))
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            delay = self.retry.delay(attempt, retry_after)
             cause = str(response.status_code)
         else:
             return None
         if delay is not None:
-            logger.debug("%s %s: %s, retry %d in %.2fs", method, path, cause, retry, delay)
+            logger.debug("%s %s: %s, retry %d in %.2fs", method, path, cause, attempt, delay)
         return delay
 
-    def fail(self, response: httpx.Response) -> Exception:
+    def fail(self, response: httpx.Response) -> TandemAPIError:
         return error_from_response(response, parse_retry_after(response.headers.get("retry-after")))
 
     def unreachable(self, exc: httpx.TransportError) -> TandemConnectionError:
@@ -249,9 +258,9 @@ class TandemClient:
         self, method: Method, path: str, body: dict[str, Any] | None = None
     ) -> httpx.Response:
         settings = self._settings
-        retry = 0
+        attempt = 0
         while True:
-            retry += 1
+            attempt += 1
             response: httpx.Response | None = None
             try:
                 response = self._http.request(
@@ -262,7 +271,7 @@ class TandemClient:
                     timeout=settings.timeout,
                 )
             except _RETRYABLE_TRANSPORT as exc:
-                delay = settings.next_delay(retry, None, method, path)
+                delay = settings.next_delay(attempt, None, method, path)
                 if delay is None:
                     raise settings.unreachable(exc) from exc
             except httpx.TransportError as exc:
@@ -270,7 +279,7 @@ class TandemClient:
             else:
                 if response.is_success:
                     return response
-                delay = settings.next_delay(retry, response, method, path)
+                delay = settings.next_delay(attempt, response, method, path)
                 if delay is None:
                     raise settings.fail(response)
             settings.count_retry()
@@ -392,9 +401,9 @@ class AsyncTandemClient:
         self, method: Method, path: str, body: dict[str, Any] | None = None
     ) -> httpx.Response:
         settings = self._settings
-        retry = 0
+        attempt = 0
         while True:
-            retry += 1
+            attempt += 1
             response: httpx.Response | None = None
             try:
                 response = await self._http.request(
@@ -405,7 +414,7 @@ class AsyncTandemClient:
                     timeout=settings.timeout,
                 )
             except _RETRYABLE_TRANSPORT as exc:
-                delay = settings.next_delay(retry, None, method, path)
+                delay = settings.next_delay(attempt, None, method, path)
                 if delay is None:
                     raise settings.unreachable(exc) from exc
             except httpx.TransportError as exc:
@@ -413,7 +422,7 @@ class AsyncTandemClient:
             else:
                 if response.is_success:
                     return response
-                delay = settings.next_delay(retry, response, method, path)
+                delay = settings.next_delay(attempt, response, method, path)
                 if delay is None:
                     raise settings.fail(response)
             settings.count_retry()

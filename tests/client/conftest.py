@@ -1,4 +1,4 @@
-"""Client fixtures: one small bundle and a real ``tandem serve`` per test module.
+"""Client fixtures: one small bundle and one real ``tandem serve`` for all client tests.
 
 The bundle holds the first 40 sample documents (teacher vectors from the
 shared embedding cache) in two variants; queries are embedded by the student
@@ -34,11 +34,11 @@ def serve_args(bundle: Path, student: Path, *extra: str) -> list[str]:
     return ["--bundle", str(bundle), "--student", str(student), *extra]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def server(
     tmp_path_factory: pytest.TempPathFactory, client_bundle: Path, aligned_student_dir: Path
 ) -> Iterator[ServerProcess]:
-    """One worker with an API key over the client bundle, shared by a test module."""
+    """One worker with an API key over the client bundle; client tests only read from it."""
     tmp = tmp_path_factory.mktemp("client-server")
     args = serve_args(client_bundle, aligned_student_dir)
     with running_server(tmp, args, {"TANDEM_API_KEY": API_KEY}) as proc:
