@@ -91,8 +91,8 @@ def search(
     table.add_column("#", justify="right", style="dim")
     table.add_column("score", justify="right", style="cyan")
     table.add_column("id", style="bold", no_wrap=True)
-    table.add_column("text", overflow="fold", ratio=1)
-    table.add_column("metadata", style="dim")
+    table.add_column("text", overflow="fold", ratio=3)
+    table.add_column("metadata", style="dim", overflow="fold", ratio=1)
     for rank, hit in enumerate(response.results, 1):
         meta = json.dumps(hit.metadata, ensure_ascii=False) if hit.metadata else ""
         table.add_row(str(rank), f"{hit.score:.4f}", hit.id, hit.text or "", meta)
