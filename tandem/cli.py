@@ -72,6 +72,8 @@ def search(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the response as JSON."),
 ) -> None:
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request is noise here
     try:
         with TandemClient(url, api_key=api_key) as client:
             response = client.search(
@@ -87,6 +89,7 @@ def search(
         title=f"{len(response.results)} results · {response.variant}"
         f"{' rescored' if response.rescored else ''} · {response.timings_ms.total:.1f} ms",
         title_justify="left",
+        expand=True,
     )
     table.add_column("#", justify="right", style="dim")
     table.add_column("score", justify="right", style="cyan")

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -39,6 +42,16 @@ def test_json_output_with_filter_and_env_key(
     data = json.loads(out)
     assert len(data["results"]) == 4
     assert all(hit["metadata"]["topic"] == "climate" for hit in data["results"])
+
+
+def test_json_on_stdout_is_only_json_in_a_real_process(server: ServerProcess) -> None:
+    env = {**os.environ, "TANDEM_API_KEY": API_KEY}
+    command = [sys.executable, "-m", "tandem", "search", QUERIES[2], "--url", server.url]
+    done = subprocess.run(
+        [*command, "--k", "2", "--json"], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(json.loads(done.stdout)["results"]) == 2
 
 
 def test_server_errors_are_one_line_and_exit_1(server: ServerProcess) -> None:
