@@ -396,7 +396,9 @@ def python_base_image(docker: Docker, workdir: Path) -> str:
     assert result.returncode == 0, f"local base image:\n{result.stderr[-4000:]}"
     tag = result.stdout.strip().splitlines()[-1]
     built = "building" in result.stderr
-    FACTS["base image"] = f"{tag} ({'built' if built else 'cached'}, {time.monotonic() - started:.0f} s)"
+    FACTS["base image"] = (
+        f"{tag} ({'built' if built else 'cached'}, {time.monotonic() - started:.0f} s)"
+    )
     return tag
 
 
