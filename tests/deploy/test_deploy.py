@@ -68,7 +68,11 @@ POD_LABELS = {"app.kubernetes.io/name": "tandem", "app.kubernetes.io/component":
 # ------------------------------------------------------------------ Dockerfiles
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "dockerfile",
+    [*DOCKERFILES, DEPLOY / "docker" / "local-base" / "Dockerfile"],
+    ids=lambda p: str(p.relative_to(DEPLOY / "docker")),
+)
 def test_hadolint(dockerfile: Path) -> None:
     result = run([tool("hadolint"), "--config", ".hadolint.yaml", "-f", "json", str(dockerfile)])
     findings = json.loads(result.stdout or "[]")
