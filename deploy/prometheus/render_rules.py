@@ -28,7 +28,7 @@ HEADER = """\
 """
 
 
-class _Dumper(yaml.SafeDumper):
+class _Dumper(yaml.SafeDumper):  # type: ignore[misc,unused-ignore]  # no PyYAML stubs
     """Multi-line strings (PromQL) as literal blocks, as they are written in alerts.yml."""
 
     def increase_indent(self, flow: bool = False, indentless: bool = False) -> None:
@@ -52,7 +52,8 @@ def render(source: str) -> str:
         "metadata": {"name": "tandem", "labels": {"app.kubernetes.io/name": "tandem"}},
         "spec": {"groups": rules["groups"]},
     }
-    return HEADER + yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100)
+    body: str = yaml.dump(manifest, Dumper=_Dumper, sort_keys=False, width=100)
+    return HEADER + body
 
 
 def main(argv: list[str] | None = None) -> int:

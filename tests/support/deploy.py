@@ -309,14 +309,13 @@ def find_docker() -> tuple[Docker | None, str]:
     candidates = [explicit] if explicit else [shutil.which("docker"), "/usr/bin/docker"]
     why = "no docker client found"
     for client in dict.fromkeys(c for c in candidates if c and Path(c).exists()):
-        info = subprocess.run(
-            [client, "info", "--format", "{{.ServerVersion}}"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
+        info = subprocess.run([client, "info"], capture_output=True, text=True, timeout=30)
         if info.returncode != 0:
-            why = f"{client}: no engine answers ({info.stderr.strip()[:200]})"
+            said = [s.strip() for s in (info.stderr + info.stdout).splitlines() if s.strip()] or [
+                "no output"
+            ]
+            reason = next((s for s in said if "connect" in s.lower()), said[-1])
+            why = f"{client}: no engine answers ({reason[:200]})"
             continue
         if not _builds_with_buildkit(client):
             why = f"{client}: no BuildKit (install the buildx plugin)"
