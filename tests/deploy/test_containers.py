@@ -543,4 +543,5 @@ def test_refusals_exit_non_zero_with_one_clear_line(
     lines = [line for line in logs.splitlines() if line.strip()]
     errors = [line for line in lines if fragment in line]
     assert len(errors) == 1, f"expected one line naming {fragment!r}:\n{logs}"
+    FACTS[f"refusal, {case}"] = f"exit {status}: {errors[0].strip()[:160]}"
     assert "Uvicorn running" not in logs
