@@ -448,17 +448,20 @@ def test_prometheus_scrapes_the_container(serving: Container, prometheus: str) -
 
 
 def test_docker_stop_answers_every_accepted_request(docker: Docker, image: str, data: Data) -> None:
-    container = start_container(
-        docker, image, _mounts(data.bundle, data.student), {"TANDEM_API_KEY": API_KEY}
-    )
+    # A 20 s request deadline (drain: 21 s, inside `docker stop -t 30`) leaves room for a
+    # CPU shared with other work; the default 10 s one could answer the burst with 503s.
+    env = {"TANDEM_API_KEY": API_KEY, "TANDEM_REQUEST_TIMEOUT_S": "20"}
+    container = start_container(docker, image, _mounts(data.bundle, data.student), env)
     try:
         url = container.url()
         _answers(url)
         query = " ".join(["the immune response to vaccination in older adults"] * 10)
         batch = {"queries": [query] * BURST_QUERIES, "k": 5}
         answers: list[httpx.Response | str] = []
+        together = threading.Barrier(4)
 
         def send() -> None:
+            together.wait()  # the four requests leave at once
             try:
                 answers.append(
                     httpx.post(f"{url}/search/batch", json=batch, headers=AUTH, timeout=120)
