@@ -178,6 +178,9 @@ def serve(
         )
     except StartupCheckError as exc:
         _fail(str(exc))
+    except OSError as exc:  # an unreadable mount (a container's user is not the files' owner)
+        where = exc.filename or settings.bundle
+        _fail(f"cannot read {where}: {exc.strerror} (serving as uid {os.getuid()})")
     logger.info("bundle %s verified; starting %d worker(s)", version_dir, settings.workers)
     run_dir = Path(tempfile.mkdtemp(prefix="tandem-serve-")) if settings.workers > 1 else None
     env = settings.to_env()
