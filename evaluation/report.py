@@ -288,7 +288,9 @@ def results_lines(rows: Sequence[ResultRow], recommended: ResultRow | None) -> l
                 for r in okr:
                     label = f"**{r.label}** ★" if r is recommended else r.label
                     if r.note:
-                        label += " (not trained for it)" if r.note == NOT_TRAINED else f" ({r.note})"
+                        label += (
+                            " (not trained for it)" if r.note == NOT_TRAINED else f" ({r.note})"
+                        )
                     cells = [
                         label,
                         _num(r.ndcg_at_10),
@@ -368,7 +370,8 @@ def write_markdown(
         "- Variants are built from the cached document vectors; truncated vectors are "
         "re-normalized. A truncation the teacher's card does not list as a Matryoshka "
         "dimension is marked *not trained for it*: the model was never taught to keep its "
-        f"meaning in the first dimensions. Oversampling factors: {', '.join(map(str, cfg.oversample))}"
+        "meaning in the first dimensions. "
+        f"Oversampling factors: {', '.join(map(str, cfg.oversample))}"
         + (
             f"; HNSW efSearch {cfg.ef_search}."
             if cfg.ef_search

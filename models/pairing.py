@@ -71,7 +71,11 @@ def check_pair(
         return
     if aligned.method == "upstream" and not aligned.teacher_fingerprint:
         _check_declared(
-            query_card.name, aligned.teacher_name, teacher_name, teacher_fingerprint, resolve_teacher
+            query_card.name,
+            aligned.teacher_name,
+            teacher_name,
+            teacher_fingerprint,
+            resolve_teacher,
         )
         return
     raise PairingError(

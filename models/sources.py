@@ -332,10 +332,12 @@ def _from_folder(folder: Path, name: str, source: str) -> ModelSource:
 
 
 def prompt_prefixes(st_config: dict[str, object]) -> tuple[str, str]:
-    """(query prefix, document prefix) as sentence-transformers' encode_query/encode_document pick them."""
+    """(query, document) prefixes, picked as sentence-transformers' encode_query/_document do."""
     prompts = st_config.get("prompts") or {}
     if not isinstance(prompts, dict):
-        raise ModelSourceError(f"config_sentence_transformers.json: prompts is not a mapping: {prompts!r}")
+        raise ModelSourceError(
+            f"config_sentence_transformers.json: prompts is not a mapping: {prompts!r}"
+        )
     default_name = st_config.get("default_prompt_name")
     default = str(prompts.get(default_name, "")) if isinstance(default_name, str) else ""
     query = prompts.get("query", default)

@@ -162,7 +162,7 @@ def pair(
         ),
     ] = False,
 ) -> None:
-    """Declare a pre-aligned pair: measure held-out cosine to the teacher, refuse if no shared space.
+    """Declare a pre-aligned pair: measure it against the teacher, refuse if no shared space.
 
     The student is declared (method upstream) if its mean cosine to the
     teacher is at least 0.5 and, for at least half the texts, its vector finds

@@ -80,7 +80,7 @@ def self_recall(
 
 
 def measure_pair(student: Encoder, teacher: Encoder, texts: AlignTexts) -> PairMeasurement:
-    """Embed the texts with both encoders (queries as queries, passages as documents) and compare."""
+    """Embed the texts with both (queries as queries, passages as documents) and compare."""
     if student.dim != teacher.dim:
         raise PairRefused(
             f"{student.name} emits {student.dim}-d vectors and {teacher.name} {teacher.dim}-d: "
@@ -100,11 +100,14 @@ def measure_pair(student: Encoder, teacher: Encoder, texts: AlignTexts) -> PairM
 
 
 def _unit(x: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    return (x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+    norms = np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)  # (n, 1)
+    return np.asarray(x / norms, dtype=np.float32)
 
 
 def pair_key(student: ModelCard, teacher: ModelCard, texts: AlignTexts) -> str:
-    return stable_hash(PAIR_FORMAT, "upstream", student.fingerprint, teacher.fingerprint, texts.key())
+    return stable_hash(
+        PAIR_FORMAT, "upstream", student.fingerprint, teacher.fingerprint, texts.key()
+    )
 
 
 def write_paired_artifact(
