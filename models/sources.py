@@ -308,7 +308,8 @@ def _from_folder(folder: Path, name: str, source: str) -> ModelSource:
     pool_cfg = folder / "1_Pooling" / "config.json"
     if pool_cfg.exists():
         cfg = json.loads(pool_cfg.read_text())
-        if cfg.get("pooling_mode_cls_token"):
+        # sentence-transformers < 6 writes one flag per mode, 6 writes "pooling_mode"
+        if cfg.get("pooling_mode_cls_token") or cfg.get("pooling_mode") == "cls":
             pooling = "cls"
     max_length = 512
     st_cfg = folder / "sentence_bert_config.json"

@@ -120,8 +120,9 @@ def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder
             ),
             ("held-out cosine", ", ".join(f"{k} {v:.4f}" for k, v in a.heldout_cosine.items())),
         ]
-        if "self_recall_at_10" in a.settings:
-            rows.append(("own text in top 10", f"{a.settings['self_recall_at_10']:.1%}"))
+        if "own_text_rate" in a.settings:
+            rate = float(a.settings["own_text_rate"])  # type: ignore[arg-type]
+            rows.append(("own text beats another", f"{rate:.1%} (chance 50%)"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
@@ -165,8 +166,9 @@ def pair(
     """Declare a pre-aligned pair: measure it against the teacher, refuse if no shared space.
 
     The student is declared (method upstream) if its mean cosine to the
-    teacher is at least 0.5 and, for at least half the texts, its vector finds
-    the teacher's vector of the same text among the 10 nearest.
+    teacher is at least 0.5 and its vector of a text is closer to the teacher's
+    vector of the same text than to another text's in at least 90% of
+    comparisons (chance: 50%).
     """
     from tandem.toolchain.alignment_job import gather_texts, run_pair
     from tandem.toolchain.upstream_pair import PairRefused
