@@ -41,7 +41,12 @@ LAYERS = 2
 HEADS = 4  # the teacher has twice as many, each of the same width
 INIT_RANGE = 0.2  # wide enough that random encoders give texts distinct vectors
 RIDGE = 1.0
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+)
 PROMPTS = {"query": QUERY_INSTRUCTION, "document": ""}
 
 
@@ -55,7 +60,7 @@ class Twins:
 
 
 def sample_split(samples: Path) -> tuple[list[str], Path]:
-    """Fit texts from the first half of the sample corpus; the second half, as a file, to measure."""
+    """Fit texts from the first half of the sample corpus; the second half (a file) to measure."""
     docs = list(read_corpus(samples / "corpus.jsonl"))
     half = len(docs) // 2
     fit = [s for d in docs[:half] for s in re.split(r"(?<=[.!?])\s+", d.text)]
