@@ -304,3 +304,54 @@ def test_served_search_embeds_queries_with_the_prompt(
         ids = bundle.lookup([hit["id"] for hit in hits])
     np.testing.assert_allclose([hit["score"] for hit in hits], scores[ids], atol=2e-4)
     assert np.all(scores[ids] >= np.sort(scores)[-5] - 2e-4)  # the true top 5, ties aside
+
+
+# ---------------------------------------------------------------- twins: evaluation
+
+
+def _write_beir(folder: Path, corpus: Path) -> Path:
+    """A BEIR folder over the measured half of the sample corpus, with three judged queries."""
+    import json
+
+    (folder / "qrels").mkdir(parents=True)
+    docs = list(read_corpus(corpus))
+    with open(folder / "corpus.jsonl", "w") as f:
+        for doc in docs:
+            f.write(json.dumps({"_id": doc.id, "title": "", "text": doc.text}) + "\n")
+    judged = {str(i): docs[i * 7] for i in range(3)}
+    with open(folder / "queries.jsonl", "w") as f:
+        for qid, doc in judged.items():
+            f.write(json.dumps({"_id": qid, "text": " ".join(doc.text.split()[:8])}) + "\n")
+    with open(folder / "qrels" / "test.tsv", "w") as f:
+        f.write("query-id\tcorpus-id\tscore\n")
+        f.writelines(f"{qid}\t{doc.id}\t1\n" for qid, doc in judged.items())
+    return folder
+
+
+def test_eval_runs_the_pair_and_marks_untrained_truncations(
+    tmp_path: Path, exported: dict[str, Path], paired_student: Path, measure_texts: Path
+) -> None:
+    import csv
+
+    import typer
+    from tandem.evaluation.cli import eval_command
+    from tandem.evaluation.runner import NOT_TRAINED
+
+    dataset = _write_beir(tmp_path / "twin-beir", measure_texts)
+    out = tmp_path / "report"
+    eval_app = typer.Typer()
+    eval_app.command()(eval_command)
+    args = ["--dataset", str(dataset), "--teacher", str(exported["teacher"])]
+    args += ["--student", PAIRED, "--oversample", "2", "--latency-queries", "2"]
+    args += ["--out", str(out)]
+    result = runner.invoke(eval_app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    with open(out / "results.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    note = {(r["mode"], r["variant"]): r["note"] for r in rows if r["status"] == "ok"}
+    full, trained, halved = f"f32-{TEACHER_HIDDEN}", f"f32-{STUDENT_HIDDEN}", "f32-16"
+    assert note[("teacher-symmetric", trained)] == ""  # the teacher's card lists 32
+    assert note[("teacher-symmetric", halved)] == NOT_TRAINED
+    assert note[("asymmetric", trained)] == "" and note[("asymmetric", full)] == ""
+    assert note[("student-symmetric", trained)] == NOT_TRAINED  # the student lists none
+    assert "(not trained for it)" in (out / "report.md").read_text()
