@@ -84,7 +84,7 @@ def paired_student(exported: dict[str, Path], measure_texts: Path) -> Path:
         "200",
     )
     assert code == 0, out
-    return aligned_dir(PAIRED)
+    return Path(aligned_dir(PAIRED))
 
 
 def _builtin_card(name: str, fingerprint_seed: str) -> ModelCard:
@@ -182,7 +182,7 @@ def test_twin_onnx_equals_sentence_transformers_with_prompts(
             ("query", reference.encode_query(TEXTS)),
             ("document", reference.encode_document(TEXTS)),
         ):
-            got = encoder.encode(TEXTS, kind)  # type: ignore[arg-type]
+            got = encoder.encode(TEXTS, kind)
             assert np.sum(expected * got, axis=1).min() >= PARITY_MIN_COSINE, (name, kind)
         queries, documents = encoder.encode(TEXTS, "query"), encoder.encode(TEXTS, "document")
         assert np.sum(queries * documents, axis=1).max() < 0.9999  # the prompt changes vectors
@@ -214,7 +214,7 @@ def test_pair_declares_the_student_that_shares_the_space(
     assert aligned.teacher_fingerprint == teacher.fingerprint  # pinned by the measurement
     assert set(aligned.heldout_cosine) == {"query", "passage", "all"}
     assert aligned.heldout_cosine["all"] >= 0.5
-    assert float(aligned.settings["own_text_rate"]) >= 0.9  # type: ignore[arg-type]
+    assert float(aligned.settings["own_text_rate"]) >= 0.9
     assert aligned.settings["forced"] is False
     check_pair(card, teacher.name, teacher.fingerprint)
     with pytest.raises(PairingError):
@@ -249,7 +249,7 @@ def test_pair_refuses_an_unrelated_student_unless_forced(
     assert code == 0, out
     aligned = ModelCard.load(link).aligned_to
     assert aligned is not None and aligned.settings["forced"] is True
-    assert float(aligned.settings["own_text_rate"]) < 0.9  # type: ignore[arg-type]
+    assert float(aligned.settings["own_text_rate"]) < 0.9
 
 
 # ---------------------------------------------------------------- twins: index and serve
