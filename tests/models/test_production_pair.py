@@ -10,6 +10,7 @@ The built-in cards of the real pair are checked by the pairing code directly.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from tandem.indexer.build import build_bundle, default_variants
 from tandem.models.artifacts import aligned_dir, resolve_artifact
 from tandem.models.card import ModelCard
 from tandem.models.encoder import Encoder
-from tandem.models.pairing import PairingError, check_pair
+from tandem.models.pairing import PairingError, check_pair, local_teacher_fingerprint
 from tandem.models.sources import BUILTINS, QUERY_INSTRUCTION, ModelSource
 from tandem.toolchain.cli import app
 from tandem.toolchain.export import PARITY_MIN_COSINE, declared_alignment
@@ -186,6 +187,21 @@ def test_twin_onnx_equals_sentence_transformers_with_prompts(
             assert np.sum(expected * got, axis=1).min() >= PARITY_MIN_COSINE, (name, kind)
         queries, documents = encoder.encode(TEXTS, "query"), encoder.encode(TEXTS, "document")
         assert np.sum(queries * documents, axis=1).max() < 0.9999  # the prompt changes vectors
+
+
+def test_info_shows_prompts_and_matryoshka(exported: dict[str, Path]) -> None:
+    code, out = _invoke("info", str(exported["teacher"]))
+    assert code == 0 and "cls" in out and QUERY_INSTRUCTION.strip() in out
+    assert re.search(rf"matryoshka dims\W+{STUDENT_HIDDEN}\b", out), out
+
+
+def test_the_declared_teacher_is_resolved_here_without_exporting(
+    exported: dict[str, Path], twins: Twins
+) -> None:
+    teacher = ModelCard.load(exported["teacher"])
+    assert local_teacher_fingerprint(str(twins.teacher)) == teacher.fingerprint
+    assert local_teacher_fingerprint("no-such-model-anywhere") is None
+    assert local_teacher_fingerprint(ARCTIC) is None  # not on this machine: no download
 
 
 def test_query_prompt_reaches_the_tokenizer_for_queries_only(exported: dict[str, Path]) -> None:
