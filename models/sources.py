@@ -285,9 +285,7 @@ def _from_hub(repo_id: str, name: str, offline: bool = False) -> ModelSource:
                 "*.safetensors",
                 "*.txt",
                 "*.model",
-                "1_Pooling/*",
-                "2_Dense/*",
-                "2_Normalize/*",
+                "[0-9]_*/*",  # sentence-transformers module folders: Pooling, Dense, Normalize
             ],
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:

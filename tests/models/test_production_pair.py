@@ -371,3 +371,26 @@ def test_eval_runs_the_pair_and_marks_untrained_truncations(
     assert note[("asymmetric", trained)] == "" and note[("asymmetric", full)] == ""
     assert note[("student-symmetric", trained)] == NOT_TRAINED  # the student lists none
     assert "(not trained for it)" in (out / "report.md").read_text()
+
+
+def test_server_startup_check_accepts_a_declared_pair_by_the_bundle_teacher_name(
+    twin_bundle: Path, exported: dict[str, Path]
+) -> None:
+    """The serve-time check (server.state) on a card declared upstream, as the built-ins are."""
+    from tandem.models.card import Alignment
+    from tandem.server.state import StartupCheckError, check_student
+
+    card = ModelCard.load(exported["student"])
+    declared = Alignment(
+        teacher_name="twin-arctic", teacher_fingerprint="", method="upstream", n_texts=0
+    )
+    with open_bundle(twin_bundle) as bundle:
+        with pytest.raises(StartupCheckError, match="not aligned"):
+            check_student(card, bundle, allow_unaligned=False)
+        assert (
+            check_student(card.model_copy(update={"aligned_to": declared}), bundle, False)
+            == "aligned"
+        )
+        other = declared.model_copy(update={"teacher_name": "another-teacher"})
+        with pytest.raises(StartupCheckError, match="aligned by its publisher to another-teacher"):
+            check_student(card.model_copy(update={"aligned_to": other}), bundle, False)
