@@ -21,6 +21,7 @@ average direction, but not text by text.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -69,7 +70,7 @@ def sample_split(samples: Path) -> tuple[list[str], Path]:
     measure = tandem_home() / "test-twins" / f"measure-{stable_hash([d.id for d in docs])}.jsonl"
     if not measure.exists():
         measure.parent.mkdir(parents=True, exist_ok=True)
-        tmp = measure.with_suffix(".tmp")
+        tmp = measure.with_suffix(f".{os.getpid()}.tmp")  # concurrent sessions each write whole
         tmp.write_text(
             "".join(json.dumps({"id": d.id, "text": d.text}) + "\n" for d in docs[half:])
         )
