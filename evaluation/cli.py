@@ -17,6 +17,7 @@ from tandem.bundle.format import Bundle, BundleError, open_bundle
 from tandem.evaluation.report import write_report
 from tandem.evaluation.runner import (
     DEFAULT_OVERSAMPLE,
+    NOT_TRAINED,
     BundleMismatchError,
     EvalConfig,
     EvalResult,
@@ -292,7 +293,7 @@ def results_table(result: EvalResult) -> Table:
         published = row.published_ndcg_at_10
         table.add_row(
             who,
-            row.label,
+            row.label + ("\n[dim]not trained for it[/dim]" if row.note == NOT_TRAINED else ""),
             f"{row.ndcg_at_10:.4f}",
             "" if published is None else f"{published:.4f}",
             f"{row.recall_at_100:.4f}",

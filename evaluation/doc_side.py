@@ -21,10 +21,20 @@ _MAX_SCORE_TABLE = 50_000_000  # query × doc products held for rescoring: 200 M
 _CHUNK_ROWS = 65536
 
 
-def default_variants(dim: int) -> list[str]:
-    """Exact float, two Matryoshka truncations, int8, binary, and HNSW over float and binary."""
-    names = [f"f32-{dim}", f"f32-{dim // 2}", f"f32-{dim // 4}", f"int8-{dim}", f"bin-{dim}"]
+def default_variants(dim: int, matryoshka_dims: Sequence[int] = ()) -> list[str]:
+    """Exact float, truncations, int8, binary, and HNSW over float and binary.
+
+    Truncations: the ones the card says the model was trained for, plus dim/2
+    and dim/4 (reported as not trained for it when the card does not list them).
+    """
+    truncated = sorted({d for d in matryoshka_dims if 0 < d < dim} | {dim // 2, dim // 4})
+    names = [f"f32-{dim}", *(f"f32-{d}" for d in reversed(truncated)), f"int8-{dim}", f"bin-{dim}"]
     return names + [f"f32-{dim}-hnsw", f"bin-{dim}-hnsw"]
+
+
+def untrained_truncation(spec: VariantSpec, full_dim: int, matryoshka_dims: Sequence[int]) -> bool:
+    """A truncated variant of a model whose card does not list that dimension."""
+    return spec.dim < full_dim and spec.dim not in matryoshka_dims
 
 
 class DocSide:
@@ -61,7 +71,7 @@ class DocSide:
 
     def variant_names(self) -> list[str]:
         """Defaults for this dimension, plus whatever a bundle already holds."""
-        names = default_variants(self.dim)
+        names = default_variants(self.dim, self.encoder.card.matryoshka_dims)
         if self.bundle is not None:
             names += [n for n in self.bundle.variant_names() if n not in names]
         return names

@@ -42,15 +42,20 @@ def plan_modes(teacher: Encoder, students: Sequence[Encoder]) -> list[ModePlan]:
     """Which modes each student takes part in, decided from the model cards alone.
 
     A student aligned to some teacher is evaluated as the query side of
-    ``asymmetric``; a raw student gives ``student-symmetric`` and, where its
-    dimension matches, ``asymmetric-unaligned``.
+    ``asymmetric`` (one aligned by its publisher, such as mdbr-leaf-ir, also
+    alone, as ``student-symmetric``, to compare with its published numbers);
+    a raw student gives ``student-symmetric`` and, where its dimension
+    matches, ``asymmetric-unaligned``.
     """
     plans = [ModePlan("teacher-symmetric", teacher, teacher)]
     for student in students:
-        if student.card.aligned_to is not None:
+        aligned = student.card.aligned_to
+        if aligned is not None:
             plans.append(
                 ModePlan("asymmetric", student, teacher, _asymmetric_reason(student, teacher))
             )
+            if aligned.method == "upstream":  # a model in its own right, with published numbers
+                plans.append(ModePlan("student-symmetric", student, student))
             continue
         plans.append(ModePlan("student-symmetric", student, student))
         reason = None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tandem.evaluation.modes import MODES
 from tandem.evaluation.references import TOLERANCE, published_ndcg10
-from tandem.evaluation.runner import EvalResult, ResultRow
+from tandem.evaluation.runner import NOT_TRAINED, EvalResult, ResultRow
 
 logger = logging.getLogger(__name__)
 
@@ -287,6 +287,10 @@ def results_lines(rows: Sequence[ResultRow], recommended: ResultRow | None) -> l
                 ]
                 for r in okr:
                     label = f"**{r.label}** ★" if r is recommended else r.label
+                    if r.note:
+                        label += (
+                            " (not trained for it)" if r.note == NOT_TRAINED else f" ({r.note})"
+                        )
                     cells = [
                         label,
                         _num(r.ndcg_at_10),
@@ -364,7 +368,10 @@ def write_markdown(
         "- Rescoring (`→ rescore ×N`): the variant returns k×N candidates, which are rescored by "
         "the inner product of the full-dimension float query and stored vectors; top k kept.",
         "- Variants are built from the cached document vectors; truncated vectors are "
-        f"re-normalized. Oversampling factors: {', '.join(map(str, cfg.oversample))}"
+        "re-normalized. A truncation the teacher's card does not list as a Matryoshka "
+        "dimension is marked *not trained for it*: the model was never taught to keep its "
+        "meaning in the first dimensions. "
+        f"Oversampling factors: {', '.join(map(str, cfg.oversample))}"
         + (
             f"; HNSW efSearch {cfg.ef_search}."
             if cfg.ef_search

@@ -24,7 +24,7 @@ import numpy.typing as npt
 from tandem.bundle.format import Bundle
 from tandem.bundle.search import SearchPlan, SearchTarget, search
 from tandem.bundle.variants import HNSW_EF_SEARCH, VariantError, VariantSpec
-from tandem.evaluation.doc_side import DocSide
+from tandem.evaluation.doc_side import DocSide, untrained_truncation
 from tandem.evaluation.metrics import DEPTH, evaluate, run_from_hits
 from tandem.evaluation.modes import Mode, ModePlan, plan_modes
 from tandem.evaluation.references import published_ndcg10
@@ -38,6 +38,9 @@ logger = logging.getLogger(__name__)
 Status = Literal["ok", "n/a"]
 DEFAULT_OVERSAMPLE = (1, 2, 4, 10)
 _WARMUP = 3
+
+
+NOT_TRAINED = "not trained for it (the document encoder's card lists no Matryoshka dimension here)"
 
 
 class BundleMismatchError(ValueError):
@@ -203,6 +206,8 @@ class Evaluator:
                 row.rescore, row.oversample = oversample is not None, oversample
                 row.bytes_per_doc = bytes_per_doc
                 row.encode_ms = encode_ms
+                if untrained_truncation(spec, docs.dim, plan.doc_encoder.card.matryoshka_dims):
+                    row.note = NOT_TRAINED
                 self._measure(row, spec, index, docs, queries, table)
                 row.latency_ms = row.encode_ms + (row.search_ms or 0.0)
                 if plan.query_encoder is plan.doc_encoder and spec.name == f"f32-{docs.dim}":

@@ -141,9 +141,14 @@ class BuildState:
             return None
 
 
-def default_variants(dim: int) -> list[str]:
-    """Exact, int8 and binary at full dimension: the baseline and the two compressions."""
-    return [f"f32-{dim}", f"int8-{dim}", f"bin-{dim}"]
+def default_variants(dim: int, matryoshka_dims: Sequence[int] = ()) -> list[str]:
+    """Exact, int8 and binary at full dimension, plus each truncation the teacher was trained for.
+
+    Truncations come from the teacher's card (arctic-embed-m-v1.5: 256); other
+    teachers get none by default, though ``f32-N`` can still be asked for.
+    """
+    truncated = [f"f32-{d}" for d in matryoshka_dims if 0 < d < dim]
+    return [f"f32-{dim}", *truncated, f"int8-{dim}", f"bin-{dim}"]
 
 
 def teacher_identity(teacher: Encoder) -> dict[str, str]:
@@ -246,7 +251,8 @@ def build_bundle(
     match on ``resume``; ``corpus_stats`` is read after the docs are consumed.
     """
     root = Path(root)
-    specs = parse_variants(list(variants or default_variants(teacher.dim)), teacher.dim)
+    names = variants or default_variants(teacher.dim, teacher.card.matryoshka_dims)
+    specs = parse_variants(list(names), teacher.dim)
     settings = settings or EmbedSettings()
     progress = progress or NoProgress()
     if vectors_dtype not in ("f16", "f32"):

@@ -218,7 +218,8 @@ def build(
         typer.Option(
             "--variants",
             help="Comma-separated, e.g. f32-768,f32-256,int8-768,bin-768,bin-768-hnsw,ivfpq-768 "
-            "(default: f32, int8 and bin at full dim).",
+            "(default: f32, int8 and bin at full dim, plus f32 at each Matryoshka dim the "
+            "teacher's card lists).",
         ),
     ] = None,
     vectors_dtype: Annotated[

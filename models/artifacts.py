@@ -52,6 +52,15 @@ def find_artifact(spec: str) -> Path | None:
     return None
 
 
+def find_exported(spec: str) -> Path | None:
+    """The artifact for spec if it was exported here already; never exports or downloads."""
+    found = find_artifact(spec)
+    if found is not None:
+        return found
+    target = export_dir(resolve_source(spec, offline=True))
+    return target if (target / CARD_FILE).exists() else None
+
+
 def export_dir(source: ModelSource) -> Path:
     key = stable_hash(
         EXPORT_FORMAT,
@@ -62,6 +71,7 @@ def export_dir(source: ModelSource) -> Path:
         source.max_length,
         source.query_prefix,
         source.document_prefix,
+        *_declarations(source),
     )
     return tandem_home() / "onnx" / f"{source.name}-{key}"
 
@@ -76,6 +86,16 @@ def resolve_artifact(spec: str) -> Path:
     if (target / CARD_FILE).exists():
         return target
     raise ArtifactNotExported(spec, source, target)
+
+
+def _declarations(source: ModelSource) -> list[object]:
+    """Card facts that do not change the vectors; in the key only when set, so old caches hold."""
+    extra: list[object] = []
+    if source.matryoshka_dims:
+        extra.append(("matryoshka", list(source.matryoshka_dims)))
+    if source.upstream_teacher:
+        extra.append(("upstream", source.upstream_teacher))
+    return extra
 
 
 def _weight_files(folder: Path) -> list[Path]:

@@ -23,11 +23,16 @@ Precision = Literal["fp32", "int8"]
 
 
 class Alignment(BaseModel):
-    """How a student was made to speak a teacher's space."""
+    """How a student was made to speak a teacher's space.
+
+    ``upstream`` means aligned by its publisher. A built-in card declares such a
+    pair by the teacher's name alone (``teacher_fingerprint`` empty); the
+    fingerprint is pinned once the pair has been measured (``tandem models pair``).
+    """
 
     teacher_name: str
     teacher_fingerprint: str
-    method: Literal["adapter", "distill", "upstream"]  # upstream: aligned by its publisher
+    method: Literal["adapter", "distill", "upstream"]
     n_texts: int
     heldout_cosine: dict[str, float] = Field(
         default_factory=dict, description="mean cosine to the teacher on held-out texts, by kind"
@@ -55,6 +60,9 @@ class ModelCard(BaseModel):
     max_length: int
     query_prefix: str = ""
     document_prefix: str = ""
+    matryoshka_dims: list[int] = Field(
+        default_factory=list, description="truncations the model was trained for, largest first"
+    )
     weights_sha256: str
     tokenizer_sha256: str
     onnx_file: str = "model.onnx"

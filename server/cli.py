@@ -33,7 +33,7 @@ from tandem.server.state import StartupCheckError, preflight
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
-from tandem.errors import InvalidInput, TandemError, exit_code
+from tandem.errors import ConfigError, InvalidInput, TandemError, exit_code
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +110,9 @@ def serve(**flags: Any) -> None:
         )
     except StartupCheckError as exc:
         _fail(exc)
+    except OSError as exc:  # an unreadable mount (a container's user is not the files' owner)
+        where = exc.filename or settings.bundle
+        _fail(ConfigError(f"cannot read {where}: {exc.strerror} (serving as uid {os.getuid()})"))
     logger.info("bundle %s verified; starting %d worker(s)", version_dir, settings.workers)
     run_dir = Path(tempfile.mkdtemp(prefix="tandem-serve-")) if settings.workers > 1 else None
     env = settings.to_env()

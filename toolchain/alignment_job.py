@@ -150,6 +150,10 @@ def _distill_into(
     split = split_rows(pairs.kinds, seed=config.seed)
     rows = np.concatenate([split.train, split.val])
     all_texts = texts.queries + texts.passages
+    # The student trains on what it will see: each text with its kind's prompt.
+    prompted = student.prefixed(texts.queries, "query") + student.prefixed(
+        texts.passages, "document"
+    )
     saved = np.load(adapter_dir / "adapter.npz")
     adapter = Adapter(saved["weight"], saved["bias"], lam=0.0)
     source = resolve_source(_source_spec(student.card))
@@ -160,7 +164,7 @@ def _distill_into(
     stats = distill(
         module,
         student.folder / student.card.tokenizer_file,
-        [all_texts[i] for i in rows],
+        [prompted[i] for i in rows],
         pairs.teacher[rows],
         config,
         work,
@@ -215,3 +219,40 @@ def _source_spec(card: ModelCard) -> str:
 def _log_step(step: int, total: int, loss: float) -> None:
     if step % 50 == 0 or step == total:
         logger.info("distill step %d/%d loss %.4f", step, total, loss)
+
+
+def run_pair(
+    student_dir: Path, teacher_dir: Path, texts: AlignTexts, out_name: str, force: bool = False
+) -> Path:
+    """Measure a publisher-aligned pair and publish the student as ``out_name`` if it holds.
+
+    The measurement runs every time (through the embedding caches, so a repeat
+    costs seconds) and a refusal publishes nothing, even when an earlier
+    forced declaration of the same inputs is stored.
+    """
+    from tandem.toolchain.upstream_pair import (
+        PairRefused,
+        measure_pair,
+        pair_key,
+        write_paired_artifact,
+    )
+
+    student = Encoder(student_dir, device="cpu")
+    teacher = Encoder(teacher_dir, device="cpu")
+    measured = measure_pair(student, teacher, texts)
+    problems = measured.problems()
+    if problems and not force:
+        raise PairRefused(
+            f"{student.name} does not share {teacher.name}'s space on {measured.n_texts} texts "
+            f"({texts.source}): {'; '.join(problems)}. Nothing was declared; align it with "
+            "`tandem models align` instead, or pass --force if you know better"
+        )
+    if problems:
+        logger.warning("declaring %s despite: %s (--force)", out_name, "; ".join(problems))
+    return _publish_named(
+        out_name,
+        pair_key(student.card, teacher.card, texts),
+        lambda tmp: write_paired_artifact(
+            student, teacher, measured, texts, tmp, out_name, bool(problems)
+        ),
+    )

@@ -95,8 +95,12 @@ def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder
         ("pooling", card.pooling),
         ("normalized", str(card.normalize)),
         ("max length", str(card.max_length)),
-        ("query prefix", repr(card.query_prefix)),
-        ("document prefix", repr(card.document_prefix)),
+        ("query prompt", repr(card.query_prefix)),
+        ("document prompt", repr(card.document_prefix)),
+        (
+            "matryoshka dims",
+            ", ".join(map(str, card.matryoshka_dims)) or "none (truncations untrained)",
+        ),
         ("fp32", f"{card.onnx_file} (parity min cosine {card.parity_min_cosine})"),
         (
             "int8",
@@ -108,11 +112,18 @@ def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder
     ]
     if card.aligned_to:
         a = card.aligned_to
+        pinned = a.teacher_fingerprint[:16] or "declared by name; checked against the teacher"
         rows += [
-            ("aligned to", f"{a.teacher_name} ({a.teacher_fingerprint[:16]})"),
-            ("alignment", f"{a.method} on {a.n_texts} texts"),
+            ("aligned to", f"{a.teacher_name} ({pinned})"),
+            (
+                "alignment",
+                f"{a.method} on {a.n_texts} texts" if a.n_texts else f"{a.method}, not measured",
+            ),
             ("held-out cosine", ", ".join(f"{k} {v:.4f}" for k, v in a.heldout_cosine.items())),
         ]
+        if "own_text_rate" in a.settings:
+            rate = float(a.settings["own_text_rate"])
+            rows.append(("own text beats another", f"{rate:.1%} (chance 50%)"))
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
@@ -125,6 +136,59 @@ def list_models() -> None:
     for m in BUILTINS.values():
         table.add_row(m.name, m.origin, m.pooling, str(m.max_length), m.description)
     console.print(table)
+
+
+SAMPLE_CORPUS = Path(__file__).resolve().parent.parent / "samples" / "corpus.jsonl"
+
+
+@app.command()
+def pair(
+    student: Annotated[str, typer.Option(help="Student spec, aligned by its publisher.")],
+    teacher: Annotated[str, typer.Option(help="Teacher spec the publisher aligned it to.")],
+    texts: Annotated[
+        Path | None,
+        typer.Option(
+            help="BEIR folder, corpus file or index bundle to measure on "
+            "(default: the repository's sample corpus)."
+        ),
+    ] = None,
+    out: Annotated[str, typer.Option(help="Name to serve the paired student as.")] = "",
+    pseudo_queries: Annotated[
+        int, typer.Option(help="Query-like spans cut from the passages.")
+    ] = 1000,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Experts: declare the pair even when the measurement shows no shared space.",
+        ),
+    ] = False,
+) -> None:
+    """Declare a pre-aligned pair: measure it against the teacher, refuse if no shared space.
+
+    The student is declared (method upstream) if its mean cosine to the
+    teacher is at least 0.5 and its vector of a text is closer to the teacher's
+    vector of the same text than to another text's in at least 90% of
+    comparisons (chance: 50%).
+    """
+    from tandem.toolchain.alignment_job import gather_texts, run_pair
+    from tandem.toolchain.upstream_pair import PairRefused
+
+    path = texts or SAMPLE_CORPUS
+    if not path.exists():
+        raise _fail(ValueError(f"no texts to measure on at {path}: pass --texts DATA"))
+    try:
+        teacher_dir, student_dir = export_artifact(teacher), export_artifact(student)
+        with console.status(f"reading texts from {path}"):
+            corpus = gather_texts(path, pseudo_queries)
+        name = out or ModelCard.load(student_dir).name
+        with console.status(f"measuring {student} against {teacher}"):
+            folder = run_pair(student_dir, teacher_dir, corpus, name, force)
+    except PairRefused as exc:
+        raise _fail(exc) from exc
+    except USER_ERRORS as exc:
+        raise _fail(exc) from exc
+    info(str(folder))
 
 
 @app.command()

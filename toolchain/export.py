@@ -11,6 +11,7 @@ alignment only, never by serving or indexing.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 from importlib.util import find_spec
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 from tandem.models.artifacts import ArtifactError, ArtifactNotExported, resolve_artifact
-from tandem.models.card import ModelCard
+from tandem.models.card import Alignment, ModelCard
 from tandem.models.encoder import INPUT_NAMES, OUTPUT_NAME, Encoder, TokenBatch
 from tandem.models.sources import ModelSource
 
@@ -103,7 +104,12 @@ def export_artifact(spec: str) -> Path:
 
 
 def export_onnx(source: ModelSource, dest: Path) -> ModelCard:
-    """Export ``source`` into ``dest`` (model.onnx, tokenizer.json, card.json) and verify it."""
+    """Export ``source`` into ``dest`` (model.onnx, tokenizer.json, card.json) and verify it.
+
+    The card records what the graph cannot: the query and document prompts,
+    the Matryoshka dimensions, and a pair its publisher declares (``upstream``).
+    """
+    _refuse_excluded_prompts(source)
     module = pooled_module(source)
     dim = export_module(module, dest / "model.onnx")
     shutil.copyfile(source.folder / "tokenizer.json", dest / "tokenizer.json")
@@ -116,13 +122,42 @@ def export_onnx(source: ModelSource, dest: Path) -> ModelCard:
         max_length=source.max_length,
         query_prefix=source.query_prefix,
         document_prefix=source.document_prefix,
+        matryoshka_dims=[d for d in source.matryoshka_dims if d < dim],
         weights_sha256=weights_sha256(source.folder),
         tokenizer_sha256=sha256_file(source.folder / "tokenizer.json"),
+        aligned_to=declared_alignment(source),
     )
     card.save(dest)
     card.parity_min_cosine = check_parity(module, Encoder(dest, device="cpu"))
     card.save(dest)
     return card
+
+
+def declared_alignment(source: ModelSource) -> Alignment | None:
+    """The pair a publisher declares for this model, by the teacher's name (pinned later)."""
+    if not source.upstream_teacher:
+        return None
+    return Alignment(
+        teacher_name=source.upstream_teacher,
+        teacher_fingerprint="",
+        method="upstream",
+        n_texts=0,
+        settings={"declared_by": f"built-in card of {source.name}", "source": source.source},
+    )
+
+
+def _refuse_excluded_prompts(source: ModelSource) -> None:
+    """A pooling that leaves prompt tokens out is not in the graph: refuse, never mis-embed."""
+    pool_cfg = source.folder / "1_Pooling" / "config.json"
+    prompted = source.query_prefix or source.document_prefix
+    if source.pooling != "mean" or not prompted or not pool_cfg.exists():
+        return
+    if json.loads(pool_cfg.read_text()).get("include_prompt", True) is False:
+        raise ExportError(
+            f"{source.name}: its pooling excludes prompt tokens (include_prompt: false), which "
+            "the exported graph does not reproduce; export it without prompts or as a plain "
+            "transformers folder"
+        )
 
 
 def export_module(module: torch.nn.Module, onnx_path: Path) -> int:

@@ -12,10 +12,10 @@ from tandem.server.routes.responses import FastJSON
 from tandem.server.schemas import (
     BatchSearchRequest,
     BatchSearchResponse,
-    SearchOptionsBody,
     SearchRequest,
     SearchResponse,
 )
+from tandem.server.schemas import SearchOptions as SearchOptionsBody
 
 router = APIRouter(dependencies=[Depends(require_key)], responses=error_responses(401, 503))
 SEARCHING = error_responses(400, 413, 422, 429)

@@ -68,7 +68,11 @@ POD_LABELS = {"app.kubernetes.io/name": "tandem", "app.kubernetes.io/component":
 # ------------------------------------------------------------------ Dockerfiles
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "dockerfile",
+    [*DOCKERFILES, DEPLOY / "docker" / "local-base" / "Dockerfile"],
+    ids=lambda p: str(p.relative_to(DEPLOY / "docker")),
+)
 def test_hadolint(dockerfile: Path) -> None:
     result = run([tool("hadolint"), "--config", ".hadolint.yaml", "-f", "json", str(dockerfile)])
     findings = json.loads(result.stdout or "[]")
@@ -172,7 +176,11 @@ def test_rendered_objects_are_schema_valid(target: str, rendered: dict[str, Rend
     docs = rendered[target].docs
     for doc in docs:
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
-            _assert_service_monitor(doc, docs)  # a CRD: no built-in schema
+            # CRDs: no built-in schema
+            if doc["kind"] == "ServiceMonitor":
+                _assert_service_monitor(doc, docs)
+            else:
+                _assert_prometheus_rule(doc)
             checked[doc["kind"]] = checked.get(doc["kind"], 0) + 1
             continue
         for version in K8S_VERSIONS:
@@ -190,6 +198,7 @@ def test_rendered_objects_are_schema_valid(target: str, rendered: dict[str, Rend
         "ConfigMap",
         "Secret",
         "ServiceMonitor",
+        "PrometheusRule",
     }
     assert expected <= set(checked), f"{target}: missing {expected - set(checked)}"
 
@@ -304,10 +313,27 @@ def _assert_service_monitor(monitor: dict[str, Any], docs: list[dict[str, Any]])
         assert _seconds(endpoint["scrapeTimeout"]) <= _seconds(endpoint["interval"])
 
 
+def _assert_prometheus_rule(rule: dict[str, Any]) -> None:
+    """PrometheusRule (monitoring.coreos.com/v1): the operator's schema, as far as used.
+
+    Its groups are checked by promtool in test_alerts.py.
+    """
+    assert rule["apiVersion"] == "monitoring.coreos.com/v1" and rule["kind"] == "PrometheusRule"
+    assert set(rule) <= {"apiVersion", "kind", "metadata", "spec"}
+    assert set(rule["spec"]) == {"groups"}
+    for group in rule["spec"]["groups"]:
+        assert set(group) <= {"name", "interval", "rules", "limit"}
+        for item in group["rules"]:
+            assert set(item) <= {"alert", "record", "expr", "for", "labels", "annotations"}
+            assert isinstance(item["expr"], str)
+            if "for" in item:
+                _seconds(item["for"])
+
+
 def _seconds(duration: str) -> float:
-    match = re.fullmatch(r"(\d+)(ms|s|m)", duration)
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)", duration)
     assert match, f"not a Prometheus duration: {duration}"
-    return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60}[match.group(2)]
+    return int(match.group(1)) * {"ms": 0.001, "s": 1, "m": 60, "h": 3600}[match.group(2)]
 
 
 def _assert_known_settings(env: dict[str, str]) -> None:

@@ -6,7 +6,13 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from tandem.models.sources import BUILTINS, ModelSourceError, join_split_zip, resolve_source
+from tandem.models.sources import (
+    BUILTINS,
+    ModelSourceError,
+    join_split_zip,
+    prompt_prefixes,
+    resolve_source,
+)
 
 
 def test_offline_builtins_resolve_to_model_folders() -> None:
@@ -25,6 +31,41 @@ def test_local_folder_reads_pooling_and_max_length(tmp_path: Path) -> None:
     source = resolve_source(str(student.folder))
     assert source.max_length == 256 and source.pooling == "mean"
     assert source.source.startswith("local:")
+
+
+def test_prompts_are_picked_as_sentence_transformers_picks_them() -> None:
+    arctic = {"prompts": {"query": "Q: "}, "default_prompt_name": None}
+    assert prompt_prefixes(arctic) == ("Q: ", "")
+    assert prompt_prefixes({"prompts": {"query": "q ", "passage": "p "}}) == ("q ", "p ")
+    both = {"prompts": {"query": "q ", "document": "d ", "passage": "p ", "corpus": "c "}}
+    assert prompt_prefixes(both) == ("q ", "d ")
+    default = {"prompts": {"all": "x: ", "query": "q "}, "default_prompt_name": "all"}
+    assert prompt_prefixes(default) == ("q ", "x: ")  # no document prompt: the default one
+    assert prompt_prefixes({}) == ("", "")
+    with pytest.raises(ModelSourceError, match="prompts"):
+        prompt_prefixes({"prompts": ["query"]})
+
+
+def test_local_folder_reads_cls_pooling_prompts_and_matryoshka(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    folder = tmp_path / "cls-model"
+    student = resolve_source("all-MiniLM-L6-v2").folder
+    shutil.copytree(student, folder)
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode": "cls"}))
+    (folder / "config_sentence_transformers.json").write_text(
+        json.dumps({"prompts": {"query": "Q: "}, "matryoshka_dims": [128, 256]})
+    )
+    source = resolve_source(str(folder))
+    assert source.pooling == "cls" and source.query_prefix == "Q: "
+    assert source.document_prefix == "" and source.matryoshka_dims == (256, 128)
+    legacy = {"word_embedding_dimension": 384, "pooling_mode_cls_token": True}
+    (folder / "1_Pooling" / "config.json").write_text(json.dumps(legacy))
+    assert resolve_source(str(folder)).pooling == "cls"
+    (folder / "config_sentence_transformers.json").write_text('{"matryoshka_dims": "256"}')
+    with pytest.raises(ModelSourceError, match="matryoshka_dims"):
+        resolve_source(str(folder))
 
 
 def test_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
@@ -58,6 +99,7 @@ def test_production_pair_specs_are_declared() -> None:
     )
     assert student.location == "MongoDB/mdbr-leaf-ir"
     assert student.query_prefix.startswith("Represent this sentence")
+    assert student.upstream_teacher == teacher.name and teacher.matryoshka_dims == (256,)
 
 
 def _split_zip(tmp_path: Path, n_parts: int = 3) -> list[Path]:
