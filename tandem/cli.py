@@ -11,7 +11,7 @@ import typer
 from rich.logging import RichHandler
 from rich.table import Table
 
-from tandem.client import TandemClient, TandemError
+from tandem.client import TandemClient
 from tandem.console import say, stderr, stdout
 from tandem.data.cli import app as data_app
 from tandem.demo import demo

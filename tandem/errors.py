@@ -31,9 +31,10 @@ class TandemError(Exception):
         if "code" not in cls.__dict__:
             cls.code = re.sub(r"(?<!^)(?=[A-Z])", "_", cls.__name__).lower()
 
-    @property
-    def message(self) -> str:
-        return str(self.args[0]) if self.args else self.code.replace("_", " ")
+    def __init__(self, *args: object) -> None:
+        super().__init__(*args)
+        # What an entry point shows; subclasses may set their own words.
+        self.message: str = str(args[0]) if args else self.code.replace("_", " ")
 
 
 class InvalidInput(TandemError):
