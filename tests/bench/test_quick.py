@@ -84,7 +84,7 @@ def test_the_raw_anchor_ran_on_the_served_and_the_plain_file(quick_run: Path) ->
         row = raw[key]
         assert row["p50_ms"] > 0 and row["qps_batch_8"] > 0 and row["qps_batch_32"] > 0, key
     assert raw["served"]["search"] and not raw["served_embed"]["search"]
-    assert "**The raw anchor**" in (quick_run / "BENCHMARKS.md").read_text()
+    assert "**The raw anchor**" in (quick_run / "benchmarks.md").read_text()
 
 
 def test_http_runs_were_answered_without_errors(quick_run: Path) -> None:
