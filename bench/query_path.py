@@ -29,9 +29,10 @@ import faiss
 import numpy as np
 from tandem.bundle.format import open_bundle
 from tandem.bundle.search import SearchPlan, search
-from tandem.models.card import ModelCard
+from tandem.models.card import ModelCard, Precision
 from tandem.models.encoder import Encoder
 from tandem.server.search import with_documents
+from tandem.server.settings import ServerSettings
 from tandem.server.state import load_bundle
 
 from bench import loadgen, raw_anchor
@@ -193,12 +194,18 @@ def naive_server(ws: Workspace, symmetric: Path) -> ServerProcess:
 PLAIN_FILE = "model.plain.onnx"  # the unfused fp32 export, kept beside an optimized graph
 
 
+def served_precision(card: ModelCard) -> Precision:
+    """What ``tandem serve`` runs with its default settings for this student."""
+    default = ServerSettings.model_fields["precision"].default
+    return card.serving_precision if default == "auto" else default
+
+
 def anchor_files(student: Path) -> dict[str, Path]:
     """The ONNX file the server serves by default, and the plain fp32 export."""
     card = ModelCard.load(student)
     plain = student / PLAIN_FILE
     return {
-        "served": student / card.model_file(card.serving_precision),
+        "served": student / card.model_file(served_precision(card)),
         "plain": plain if plain.exists() else student / card.onnx_file,
     }
 
@@ -224,7 +231,7 @@ def anchors(ws: Workspace, load: Load) -> dict[str, Any]:
         for name, path in files.items()
     }
     out["served_embed"] = raw_anchor.run(model_file=files["served"], vectors=None, **common)  # type: ignore[arg-type]
-    out["served_precision"] = card.serving_precision
+    out["served_precision"] = served_precision(card)
     return out
 
 
