@@ -103,3 +103,18 @@ def test_retry_after_and_www_authenticate_follow_the_category() -> None:
 )
 def test_one_exit_code_rule(error: TandemError, code: int) -> None:
     assert exit_code(error) == code
+
+
+def test_client_errors_take_the_category_of_their_status() -> None:
+    """A failed ``tandem search`` exits by the same rule as any other command."""
+    from tandem.client import errors as client
+
+    assert exit_code(client.AuthenticationError(401, "unauthorized", "no key")) == 2
+    assert exit_code(client.InvalidRequestError(422, "unknown_variant", "no such")) == 2
+    assert exit_code(client.NotFoundError(404, "model_not_found", "no")) == 2
+    assert exit_code(client.RateLimitError(429, "overloaded", "busy", retry_after=1.0)) == 75
+    assert exit_code(client.ServiceUnavailableError(503, "not_ready", "loading")) == 75
+    assert exit_code(client.TandemConnectionError("http://x: refused")) == 75
+    assert exit_code(client.InternalServerError(500, "bundle_error", "disk")) == 1
+    error = client.RateLimitError(429, "overloaded", "busy", retry_after=2.0)
+    assert error.message == "busy" and error.retry_after == 2.0 and error.status_code == 429

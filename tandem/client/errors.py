@@ -12,11 +12,19 @@ from __future__ import annotations
 import httpx
 from pydantic import ValidationError
 
+from tandem.errors import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    Overloaded,
+    Unauthorized,
+    Unavailable,
+)
 from tandem.errors import TandemError as TandemError  # the one root of every client error
 from tandem.schemas import ErrorBody, ErrorDetail
 
 
-class TandemConnectionError(TandemError):
+class TandemConnectionError(Unavailable):
     """The server could not be reached, or the connection broke or timed out."""
 
 
@@ -43,35 +51,35 @@ class TandemAPIError(TandemError):
         self.retry_after = retry_after
 
 
-class BadRequestError(TandemAPIError):
+class BadRequestError(TandemAPIError, InvalidInput):
     """400: the body could not be decoded."""
 
 
-class AuthenticationError(TandemAPIError):
+class AuthenticationError(TandemAPIError, Unauthorized):
     """401: missing or wrong API key (argument ``api_key`` or ``TANDEM_API_KEY``)."""
 
 
-class PermissionDeniedError(TandemAPIError):
+class PermissionDeniedError(TandemAPIError, Forbidden):
     """403: the route is disabled on this server."""
 
 
-class NotFoundError(TandemAPIError):
+class NotFoundError(TandemAPIError, NotFound):
     """404: no such route, or the requested model is not served."""
 
 
-class PayloadTooLargeError(TandemAPIError):
+class PayloadTooLargeError(TandemAPIError, InvalidInput):
     """413: the request body is over the server's ``max_body_bytes``."""
 
 
-class InvalidRequestError(TandemAPIError):
+class InvalidRequestError(TandemAPIError, InvalidInput):
     """422: the request asks for something the server will not do; the message says what."""
 
 
-class RateLimitError(TandemAPIError):
+class RateLimitError(TandemAPIError, Overloaded):
     """429: the server is at its admission bound (raised once retries are used up)."""
 
 
-class ServiceUnavailableError(TandemAPIError):
+class ServiceUnavailableError(TandemAPIError, Unavailable):
     """503: not ready, shutting down, or past the request deadline (after retries)."""
 
 
