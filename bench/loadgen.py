@@ -40,6 +40,9 @@ class RunResult:
     client_cpu_s: float
     statuses: dict[int, int] = field(default_factory=dict)
     server_ms: dict[str, float] = field(default_factory=dict)  # mean of x-*-time headers
+    # p50 / p99 of the same headers: where a tail comes from (inside the server or not)
+    server_p50_ms: dict[str, float] = field(default_factory=dict)
+    server_p99_ms: dict[str, float] = field(default_factory=dict)
 
     @property
     def qps(self) -> float:
@@ -58,6 +61,8 @@ class RunResult:
             "client_cpu_s": self.client_cpu_s,
             "statuses": self.statuses,
             "server_ms": self.server_ms,
+            "server_p50_ms": self.server_p50_ms,
+            "server_p99_ms": self.server_p99_ms,
         }
 
 
@@ -136,8 +141,7 @@ async def _run(
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     errors = 0
-    sums = {name: 0.0 for name in timing_headers}
-    seen = {name: 0 for name in timing_headers}
+    values: dict[str, list[float]] = {name: [] for name in timing_headers}
     wanted = {name.encode(): name for name in timing_headers}
     issued = 0
     cpu0 = time.process_time()
@@ -169,8 +173,7 @@ async def _run(
                 for raw, name in wanted.items():
                     value = headers.get(raw)
                     if value is not None:
-                        sums[name] += float(value)
-                        seen[name] += 1
+                        values[name].append(float(value))
             else:
                 errors += 1
             if close:
@@ -192,7 +195,9 @@ async def _run(
         p99_ms=float(np.percentile(ms, 99)),
         client_cpu_s=time.process_time() - cpu0,
         statuses=statuses,
-        server_ms={name: sums[name] / n for name, n in seen.items() if n},
+        server_ms={name: float(np.mean(v)) for name, v in values.items() if v},
+        server_p50_ms={name: float(np.percentile(v, 50)) for name, v in values.items() if v},
+        server_p99_ms={name: float(np.percentile(v, 99)) for name, v in values.items() if v},
     )
 
 
