@@ -41,7 +41,7 @@ class SearchPlan:
     rescore: bool
     oversample: int = 4
     ef_search: int = 64
-    filter: Mapping[str, Any] | None = None
+    filter: dict[str, Any] | None = None
     filter_exact_max: int = 2048
     max_candidates: int = 10_000
 
@@ -60,7 +60,7 @@ class SearchTarget:
     vectors: npt.NDArray[Any]
     specs: Mapping[str, VariantSpec]
     indexes: Mapping[str, Any]
-    filter_ids: Callable[[Mapping[str, Any]], Ids] | None = None
+    filter_ids: Callable[[dict[str, Any]], Ids] | None = None
     exact_scores: Scores | None = field(default=None, repr=False)
 
     @property

@@ -121,8 +121,8 @@ def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder
             ),
             ("held-out cosine", ", ".join(f"{k} {v:.4f}" for k, v in a.heldout_cosine.items())),
         ]
-        if "own_text_rate" in a.settings:
-            rate = float(a.settings["own_text_rate"])
+        rate = a.settings.get("own_text_rate")
+        if isinstance(rate, int | float):
             rows.append(("own text beats another", f"{rate:.1%} (chance 50%)"))
     for key, value in rows:
         table.add_row(key, value)
