@@ -56,10 +56,7 @@ class LoadedBundle:
 
     def __post_init__(self) -> None:
         self.target = SearchTarget(
-            self.bundle.vectors,
-            self.specs,
-            self.indexes,
-            filter_ids=lambda equals: self.bundle.filter_ids(dict(equals)),
+            self.bundle.vectors, self.specs, self.indexes, filter_ids=self.bundle.filter_ids
         )
 
     @property
