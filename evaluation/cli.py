@@ -23,7 +23,7 @@ from tandem.evaluation.runner import (
     EvalResult,
     run_evaluation,
 )
-from tandem.models.artifacts import ArtifactError, resolve_artifact
+from tandem.models.artifacts import ArtifactError, ArtifactNotExported, resolve_artifact
 from tandem.models.encoder import Device, Encoder, EncoderError
 
 from tandem.data.beir import DatasetError, load_eval_set
@@ -46,7 +46,7 @@ def _ints(text: str, option: str) -> list[int]:
 
 def _encoder(spec: str, device: Device) -> Encoder:
     try:
-        return Encoder(resolve_artifact(spec), device=device)
+        return Encoder(_artifact(spec), device=device)
     except (ArtifactError, EncoderError) as exc:
         console.print(f"[red]cannot load {spec!r}: {exc}[/red]")
         raise typer.Exit(2) from exc
@@ -302,3 +302,16 @@ def results_table(result: EvalResult) -> Table:
             f"{row.latency_ms:.2f}",
         )
     return table
+
+
+def _artifact(spec: str) -> Path:
+    """The exported artifact for spec; a command, unlike the runtime, may export it on first use.
+
+    Exporting needs the ``export`` extra (torch); without it the error says so.
+    """
+    try:
+        return resolve_artifact(spec)
+    except ArtifactNotExported:
+        from tandem.toolchain.export import export_artifact  # CLI commands may export
+
+        return export_artifact(spec)

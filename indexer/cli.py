@@ -27,7 +27,7 @@ from tandem.indexer.build import (
     build_bundle,
 )
 from tandem.indexer.update import add_documents, add_variants, delete_documents
-from tandem.models.artifacts import ArtifactError, resolve_artifact
+from tandem.models.artifacts import ArtifactError, ArtifactNotExported, resolve_artifact
 from tandem.models.card import ModelCard
 from tandem.models.embedding_cache import EmbeddingCache
 from tandem.models.encoder import Device, Encoder, EncoderError
@@ -99,7 +99,7 @@ def load_teacher(
         import faiss
 
         faiss.omp_set_num_threads(threads)
-    folder = resolve_artifact(spec)
+    folder = _artifact(spec)
     if variants:
         parse_variants(variants, ModelCard.load(folder).dim)  # fail before a slow model load
     dev: Device = device  # type: ignore[assignment]
@@ -476,3 +476,16 @@ def main() -> None:
         handlers=[RichHandler(console=stderr(), show_path=False, rich_tracebacks=False)],
     )
     app()
+
+
+def _artifact(spec: str) -> Path:
+    """The exported artifact for spec; a command, unlike the runtime, may export it on first use.
+
+    Exporting needs the ``export`` extra (torch); without it the error says so.
+    """
+    try:
+        return resolve_artifact(spec)
+    except ArtifactNotExported:
+        from tandem.toolchain.export import export_artifact  # CLI commands may export
+
+        return export_artifact(spec)
