@@ -479,6 +479,63 @@ def add_variant(
 
 
 @app.command()
+def push(
+    path: BundlePath,
+    milvus: Annotated[
+        str,
+        typer.Option(
+            "--milvus", help="Milvus URI (http://host:19530) or a local milvus-lite .db path."
+        ),
+    ],
+    collection: Annotated[
+        str, typer.Option("--collection", help="Alias clients use (versions are NAME_vNNNN).")
+    ] = "tandem",
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            "--variants",
+            help="Comma-separated variants to push (default: every flat f32-D and bin-D one).",
+        ),
+    ] = None,
+    keep: Annotated[
+        int, typer.Option("--keep", help="Versions kept in Milvus, the live one included.")
+    ] = 2,
+) -> None:
+    """Push a bundle version to Milvus as a new collection and switch the alias to it.
+
+    The token, if the server needs one, is read from TANDEM_MILVUS_TOKEN.
+    """
+    import os
+
+    with user_errors():
+        try:
+            from tandem.indexer.push import push_bundle
+        except ImportError as exc:
+            raise BuildError(f"push needs pymilvus: pip install 'tandem[milvus]' ({exc})") from None
+        from tandem.bundle.backend import BackendError
+
+        try:
+            pushed = push_bundle(
+                path,
+                milvus,
+                collection,
+                token=os.environ.get("TANDEM_MILVUS_TOKEN") or None,
+                variants=variants.split(",") if variants else None,
+                keep=keep,
+            )
+        except BackendError as exc:
+            raise BuildError(str(exc)) from None
+        say(
+            stdout(),
+            f"pushed {pushed.n_docs:,} docs to {pushed.collection}",
+            f"; {pushed.alias} -> {pushed.collection} ({pushed.switched_by}); "
+            f"variants {', '.join(pushed.variants)}"
+            + (f"; dropped {', '.join(pushed.dropped)}" if pushed.dropped else ""),
+            "green",
+        )
+
+
+@app.command()
 def verify(path: BundlePath) -> None:
     """Check the sha256 of every file in the bundle against its manifest."""
     with user_errors():

@@ -26,7 +26,7 @@ import uvicorn
 from pydantic import ValidationError
 from tandem.server.metrics import MULTIPROC_ENV
 from tandem.server.settings import ServerSettings
-from tandem.server.state import StartupCheckError, preflight
+from tandem.server.state import StartupCheckError, preflight, preflight_milvus
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
@@ -40,6 +40,10 @@ HELP = {
     "bundle": "Bundle root (with `current`) or a version folder. Every flag is also an env "
     "variable: TANDEM_<FLAG>, e.g. TANDEM_BUNDLE, TANDEM_API_KEY.",
     "student": "Query encoder: artifact folder, aligned name or model spec.",
+    "backend": "Index backend: faiss (the bundle, in process) or milvus (a pushed collection).",
+    "milvus_uri": "Milvus URI (http://host:19530) or a milvus-lite .db path (--backend milvus).",
+    "milvus_token": "Milvus token; prefer TANDEM_MILVUS_TOKEN (flags show up in ps).",
+    "collection": "Milvus alias the bundle was pushed under (tandem index push --collection).",
     "host": "Interface to bind (default 0.0.0.0).",
     "port": "Port to bind (default 8080).",
     "workers": "uvicorn worker processes; each loads the student, indexes are shared via mmap.",
@@ -80,6 +84,12 @@ HELP = {
 def serve(
     bundle: Annotated[Path | None, typer.Option("--bundle", help=HELP["bundle"])] = None,
     student: Annotated[str | None, typer.Option("--student", help=HELP["student"])] = None,
+    backend: Annotated[str | None, typer.Option("--backend", help=HELP["backend"])] = None,
+    milvus_uri: Annotated[str | None, typer.Option("--milvus-uri", help=HELP["milvus_uri"])] = None,
+    milvus_token: Annotated[
+        str | None, typer.Option("--milvus-token", help=HELP["milvus_token"])
+    ] = None,
+    collection: Annotated[str | None, typer.Option("--collection", help=HELP["collection"])] = None,
     host: Annotated[str | None, typer.Option("--host", help=HELP["host"])] = None,
     port: Annotated[int | None, typer.Option("--port", help=HELP["port"])] = None,
     workers: Annotated[int | None, typer.Option("--workers", help=HELP["workers"])] = None,
@@ -169,15 +179,23 @@ def serve(
     except ValidationError as exc:
         _fail(f"invalid settings:\n{exc}")
     try:
-        version_dir = preflight(
-            settings.bundle, settings.student, settings.variant, settings.allow_unaligned
-        )
+        if settings.backend == "milvus":
+            served = preflight_milvus_settings(settings)
+        else:
+            assert settings.bundle is not None  # the settings require it for faiss
+            version_dir = preflight(
+                settings.bundle, settings.student, settings.variant, settings.allow_unaligned
+            )
     except StartupCheckError as exc:
         _fail(str(exc))
-    logger.info("bundle %s verified; starting %d worker(s)", version_dir, settings.workers)
+    if settings.backend == "milvus":
+        logger.info("Milvus collection %s checked; starting %d worker(s)", served, settings.workers)
+    else:
+        logger.info("bundle %s verified; starting %d worker(s)", version_dir, settings.workers)
     run_dir = Path(tempfile.mkdtemp(prefix="tandem-serve-")) if settings.workers > 1 else None
     env = settings.to_env()
-    env["TANDEM_VERIFIED_VERSION_DIR"] = str(version_dir)
+    if settings.backend != "milvus":
+        env["TANDEM_VERIFIED_VERSION_DIR"] = str(version_dir)
     if run_dir is not None and settings.control_dir is None:
         env["TANDEM_CONTROL_DIR"] = str(run_dir / "control")
     _prepare_multiprocess_metrics(run_dir)
@@ -187,6 +205,20 @@ def serve(
     finally:
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def preflight_milvus_settings(settings: ServerSettings) -> str:
+    """Connect to Milvus and check the collection against the student before binding a port."""
+    assert settings.milvus_uri is not None and settings.collection is not None
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    return preflight_milvus(
+        settings.milvus_uri,
+        settings.collection,
+        token,
+        settings.student,
+        settings.variant,
+        settings.allow_unaligned,
+    )
 
 
 def run(settings: ServerSettings) -> None:

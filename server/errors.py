@@ -96,6 +96,13 @@ class NotReady(ServerError):
     error_type = "not_ready"
 
 
+class IndexUnavailable(ServerError):
+    """The remote index tier (Milvus) did not answer; retry after Retry-After."""
+
+    status_code = 503
+    error_type = "index_unavailable"
+
+
 class EncoderFailure(ServerError):
     """The student failed on a batch; every request of that batch gets this."""
 

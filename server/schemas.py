@@ -61,6 +61,7 @@ class Timings(BaseModel):
     search: float
     rescore: float
     total: float
+    index: float | None = None  # of search + rescore, the time in a remote index tier (Milvus)
 
 
 class SearchResponse(BaseModel):

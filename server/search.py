@@ -20,8 +20,9 @@ from dataclasses import dataclass
 import faiss
 import numpy as np
 import numpy.typing as npt
+from tandem.bundle.backend import BackendUnavailable
 from tandem.bundle.format import BundleError, Document
-from tandem.bundle.search import Ranked, SearchPlan, search
+from tandem.bundle.search import Ranked, SearchPlan
 from tandem.bundle.variants import truncate_normalize
 from tandem.models.encoder import Encoder, EncoderError, TokenBatch
 from tandem.server.batching import Embedded, MicroBatcher, merge_token_batches
@@ -29,6 +30,7 @@ from tandem.server.errors import (
     BundleFailure,
     DeadlineExceeded,
     EmptyQuery,
+    IndexUnavailable,
     InvalidRequest,
     QueryTooLong,
     ServerError,
@@ -41,6 +43,7 @@ from tandem.server.state import (
     LoadedBundle,
     StartupCheckError,
     load_bundle,
+    load_milvus,
     resolve_student,
     resolve_version_dir,
     warm,
@@ -104,17 +107,21 @@ class SearchService:
             )
         except EncoderError as exc:
             raise StartupCheckError(f"student {settings.student!r}: {exc}") from exc
-        version_dir = resolve_version_dir(settings.bundle)
-        verified = settings.verified_version_dir
-        verify = verified is None or verified.resolve() != version_dir
-        loaded = load_bundle(
-            version_dir,
-            encoder.card,
-            settings.variant,
-            allow_unaligned=settings.allow_unaligned,
-            verify=verify,
-            faiss_device=settings.faiss_device,
-        )
+        if settings.backend == "milvus":
+            loaded = load_milvus_from(settings, encoder)
+        else:
+            assert settings.bundle is not None  # the settings require it for faiss
+            version_dir = resolve_version_dir(settings.bundle)
+            verified = settings.verified_version_dir
+            verify = verified is None or verified.resolve() != version_dir
+            loaded = load_bundle(
+                version_dir,
+                encoder.card,
+                settings.variant,
+                allow_unaligned=settings.allow_unaligned,
+                verify=verify,
+                faiss_device=settings.faiss_device,
+            )
         try:
             warm_queries = encoder.encode([WARMUP_TEXT], "query")  # (1, dim); warms ONNX too
             warm(loaded, warm_queries)
@@ -160,6 +167,8 @@ class SearchService:
         """Ready = loaded, warmed, not draining, and the encoder answering."""
         if not self.started or self.draining:
             return False
+        if not await asyncio.to_thread(self._loaded.backend.ping):
+            return False  # the remote index tier is not answering (logged by the backend)
         if not self.batcher.healthy:
             # TEI's health check: after a failed batch, probe the encoder again.
             tokens = self.encoder.tokenize([WARMUP_TEXT], "query")
@@ -266,7 +275,7 @@ class SearchService:
             # The lease is returned by the thread itself: if the request is
             # cancelled meanwhile, the bundle still cannot close under it.
             try:
-                return with_documents(loaded, search(loaded.target, queries, plan))
+                return with_documents(loaded, loaded.backend.search(queries, plan))
             finally:
                 loaded.release()
 
@@ -284,6 +293,12 @@ class SearchService:
                 "deadline exceeded during search",
                 headers={"Retry-After": str(self.settings.retry_after_s)},
             ) from None
+        except BackendUnavailable as exc:
+            self.metrics.rejected.labels(reason="index_unavailable").inc()
+            raise IndexUnavailable(
+                f"the index tier is unavailable: {exc}",
+                headers={"Retry-After": str(self.settings.retry_after_s)},
+            ) from exc
         except (BundleError, KeyError, RuntimeError) as exc:
             raise BundleFailure(f"search failed on bundle {loaded.version}: {exc}") from exc
 
@@ -303,6 +318,10 @@ class SearchService:
         m.search_seconds.labels(variant=plan.variant).observe(ranked.search_s)
         if ranked.rescored and ranked.rescore_s:
             m.rescore_seconds.labels(variant=plan.variant).observe(ranked.rescore_s)
+        remote = self._loaded.backend.capabilities.remote
+        if remote:
+            backend = self._loaded.backend.capabilities.backend
+            m.index_seconds.labels(backend=backend, variant=plan.variant).observe(ranked.remote_s)
         timings = Timings(
             queue=embedded.queue_s * 1e3,
             tokenize=tokenize_s * 1e3,
@@ -310,6 +329,7 @@ class SearchService:
             search=ranked.search_s * 1e3,
             rescore=ranked.rescore_s * 1e3,
             total=total_s * 1e3,
+            index=ranked.remote_s * 1e3 if remote else None,
         )
         out = []
         for hits, cut in zip(result.hits, truncated, strict=True):
@@ -403,6 +423,20 @@ class SearchService:
         parts = [self.encoder.tokenize([t], "query") for t in texts]
         merged = merge_token_batches(parts, self.encoder.pad_id)
         return merged, [p.n_truncated > 0 for p in parts], time.perf_counter() - started
+
+
+def load_milvus_from(settings: ServerSettings, encoder: Encoder) -> LoadedBundle:
+    """The Milvus collection the settings name, checked against the student."""
+    assert settings.milvus_uri is not None and settings.collection is not None
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    return load_milvus(
+        settings.milvus_uri,
+        settings.collection,
+        token,
+        encoder.card,
+        settings.variant,
+        allow_unaligned=settings.allow_unaligned,
+    )
 
 
 @dataclass(frozen=True)
