@@ -120,12 +120,14 @@ def _print_indexing(results: dict[str, Any]) -> None:
 def search(
     bundle: Path, db: str, n_queries: int, out: Path | None, dataset: Path = SCIFACT
 ) -> dict[str, Any]:
+    import faiss
     from tandem.bundle.backend import FaissBackend
     from tandem.bundle.format import open_bundle
     from tandem.bundle.milvus import MilvusBackend, field_for
     from tandem.bundle.search import SearchPlan
     from tandem.indexer.push import push_bundle
 
+    faiss.omp_set_num_threads(1)  # as the server runs searches (TANDEM_FAISS_THREADS=1)
     queries_file = dataset / "queries.jsonl"
     texts = [json.loads(line)["text"] for line in islice(open(queries_file), n_queries)]
     teacher = _teacher()

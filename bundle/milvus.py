@@ -390,6 +390,7 @@ class MilvusBackend:
                     with self._lock:
                         old, self._client = self._client, connect(self.uri, self._token, 2.0)
                         _close_quietly(old)
+                self._follow()
                 state = self._client.get_load_state(self.collection, timeout=2.0)
                 loaded = "Loaded" in str(state.get("state"))
                 if not loaded:
@@ -400,6 +401,38 @@ class MilvusBackend:
             logger.warning("Milvus %s is not answering: %s", self.uri, _reason(exc))
             self._healthy = False
             return False
+
+    def _follow(self) -> None:
+        """Serve the version the name points at now (a push moved the alias or the pointer).
+
+        A new version from another teacher or of another dimension is refused
+        (logged) and the current one keeps serving: the student was checked
+        against this one.
+        """
+        target, how = resolve(self._client, self.name)
+        if target == self.collection:
+            return
+        manifest, variants = read_manifest(self._client, target)
+        old = self._manifest
+        if (manifest.teacher_fingerprint, manifest.dim) != (old.teacher_fingerprint, old.dim):
+            logger.error(
+                "%s now points at %s, built by another teacher or dimension; still serving %s",
+                self.name,
+                target,
+                self.collection,
+            )
+            return
+        missing = [v for v in self.variants if v not in variants]
+        if missing:
+            logger.error(
+                "%s lacks served variants %s; still serving %s", target, missing, self.collection
+            )
+            return
+        with self._lock:
+            self.collection, self.resolved_by = target, how
+            self._manifest, self.n_docs = manifest, manifest.n_docs
+            self.version = f"{manifest.version}@{target}"
+        logger.info("following %s to %s (%s)", self.name, target, how)
 
     def close(self) -> None:
         _close_quietly(self._client)

@@ -255,3 +255,14 @@ def test_serving_from_milvus_matches_faiss_and_survives_losing_milvus(
                 time.sleep(0.5)
             again = client.post("/search", json={"query": QUERIES[0], "k": 3})
             assert again.status_code == 200, again.text
+
+            # A new push moves the name; serving pods follow it without a restart.
+            assert push_bundle(bundle_root, milvus.uri, "docs").collection == "docs_v0002"
+            deadline = time.monotonic() + 60
+            while not client.get("/readyz").json()["version"].endswith("@docs_v0002"):
+                assert time.monotonic() < deadline, server.logs()
+                time.sleep(0.5)
+            moved = client.post("/search", json={"query": QUERIES[0], "k": 3})
+            assert [h["id"] for h in moved.json()["results"]] == [
+                h["id"] for h in again.json()["results"]
+            ]
