@@ -49,7 +49,7 @@ from tandem.bundle.docstore import Document
 from tandem.bundle.errors import BundleError, UnknownVariantError
 from tandem.bundle.format import Manifest
 from tandem.bundle.search import Ranked, SearchPlan, keep_top, top_order
-from tandem.bundle.variants import VariantSpec, query_codes
+from tandem.bundle.variants import VariantSpec, query_codes, truncate_normalize
 
 logger = logging.getLogger(__name__)
 
@@ -491,7 +491,10 @@ class MilvusBackend:
             out_ids, out_scores = keep_top(ids, scores, plan.k)
             return Ranked(out_ids, out_scores, stages, False, search_s, 0.0, timer.remote_s)
         started = time.perf_counter()
-        out_ids, out_scores = self._rescore(queries, ids, plan.k, timer)
+        # Without rescoring, the exact variant scores like FAISS' f32-D index, which holds
+        # the stored vectors re-normalized; rescoring uses them as stored, as the core does.
+        as_index = exact_field and not (plan.rescore or plan.filter)
+        out_ids, out_scores = self._rescore(queries, ids, plan.k, timer, as_index)
         stages.append(f"rescore:f32-{self.dim}")
         return Ranked(
             out_ids,
@@ -509,9 +512,12 @@ class MilvusBackend:
         candidates: npt.NDArray[np.int64],
         k: int,
         timer: _Timer,
+        normalized: bool = False,
     ) -> tuple[list[npt.NDArray[np.int64]], list[npt.NDArray[np.float32]]]:
         wanted = np.unique(candidates[candidates >= 0])
         stored = self._fetch_vectors(wanted, timer)  # rows in ``wanted`` order
+        if normalized:
+            stored = truncate_normalize(stored, self.dim)
         out_ids, out_scores = [], []
         for query, row in zip(queries, candidates, strict=True):
             cand = np.unique(row[row >= 0])
