@@ -37,7 +37,9 @@ def _teacher() -> Any:
     return Encoder(resolve_artifact("all-mpnet-base-v2"), device="cpu")
 
 
-def indexing(n_docs: int, out: Path | None, dataset: Path = SCIFACT) -> dict[str, Any]:
+def indexing(
+    n_docs: int, out: Path | None, dataset: Path = SCIFACT, reverse: bool = False
+) -> dict[str, Any]:
     import ray
     from tandem.bundle.format import open_bundle
     from tandem.indexer.build import build_bundle
@@ -50,45 +52,57 @@ def indexing(n_docs: int, out: Path | None, dataset: Path = SCIFACT) -> dict[str
     docs = list(islice(read_corpus(dataset), n_docs))
     teacher = _teacher()
     results: dict[str, Any] = {"docs": n_docs, "rows": []}
+    started = time.perf_counter()
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    results["ray_init_s"] = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="scale-bench-") as tmp:
-        started = time.perf_counter()
-        teacher.encode([d.text for d in docs], "document")
-        raw = time.perf_counter() - started
-        results["rows"].append({"how": "raw teacher loop (encode, no bundle)", "seconds": raw})
-        started = time.perf_counter()
-        build_bundle(docs, Path(tmp) / "single", teacher, ["f32-768"], use_cache=False)
-        single = time.perf_counter() - started
-        results["rows"].append({"how": "index build, one process (2 threads)", "seconds": single})
-        started = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        results["ray_init_s"] = time.perf_counter() - started
-        try:
-            for actors, cpus in ((1, 2.0), (2, 1.0)):
+        roots: dict[str, Path] = {}
+
+        def raw() -> None:
+            teacher.encode([d.text for d in docs], "document")
+
+        def single() -> None:
+            roots["single"] = Path(tmp) / "single"
+            build_bundle(docs, roots["single"], teacher, ["f32-768"], use_cache=False)
+
+        def on_ray(actors: int, cpus: float) -> Any:
+            def run() -> None:
                 engine = RayEngine(
                     teacher_dir=teacher.folder,
                     actors=actors,
                     cpus_per_actor=cpus,
                     shard_size=max(8, n_docs // (4 * actors)),
                 )
-                root = Path(tmp) / f"ray{actors}"
+                roots[f"ray{actors}"] = Path(tmp) / f"ray{actors}"
+                build_bundle(docs, roots[f"ray{actors}"], teacher, ["f32-768"], engine=engine)
+
+            return run
+
+        steps = [
+            ("raw teacher loop (encode, no bundle)", "raw", raw),
+            ("index build, one process (2 threads)", "single", single),
+            ("index build --engine ray, 1 actor(s) x 2 CPU", "ray1", on_ray(1, 2.0)),
+            ("index build --engine ray, 2 actor(s) x 1 CPU", "ray2", on_ray(2, 1.0)),
+        ]
+        if reverse:
+            steps.reverse()
+        try:
+            for how, key, step in steps:
                 started = time.perf_counter()
-                build_bundle(docs, root, teacher, ["f32-768"], engine=engine)
-                seconds = time.perf_counter() - started
-                with open_bundle(root) as got, open_bundle(Path(tmp) / "single") as want:
-                    a = np.asarray(got.vectors, np.float32)
-                    b = np.asarray(want.vectors, np.float32)
-                    cosine = float(np.einsum("ij,ij->i", a, b).min())
-                    same_ids = got.external_ids() == want.external_ids()
+                step()
                 results["rows"].append(
-                    {
-                        "how": f"index build --engine ray, {actors} actor(s) x {cpus:g} CPU",
-                        "seconds": seconds,
-                        "min_cosine_vs_single": cosine,
-                        "same_ids": same_ids,
-                    }
+                    {"how": how, "key": key, "seconds": time.perf_counter() - started}
                 )
         finally:
             ray.shutdown()
+        for row in results["rows"]:
+            if row["key"].startswith("ray"):
+                with open_bundle(roots[row["key"]]) as got, open_bundle(roots["single"]) as want:
+                    a = np.asarray(got.vectors, np.float32)
+                    b = np.asarray(want.vectors, np.float32)
+                    row["min_cosine_vs_single"] = float(np.einsum("ij,ij->i", a, b).min())
+                    row["same_ids"] = got.external_ids() == want.external_ids()
+    results["order"] = [row["key"] for row in results["rows"]]
     for row in results["rows"]:
         row["docs_per_s"] = n_docs / row["seconds"]
     _print_indexing(results)
@@ -99,7 +113,8 @@ def indexing(n_docs: int, out: Path | None, dataset: Path = SCIFACT) -> dict[str
 
 def _print_indexing(results: dict[str, Any]) -> None:
     n = results["docs"]
-    print(f"\n### Teacher indexing, {n} SciFact documents, 2 shared CPU cores\n")
+    print(f"\n### Teacher indexing, {n} SciFact documents, 2 shared CPU cores")
+    print(f"(run order: {', '.join(results['order'])})\n")
     print("| how | seconds | docs/s | vs one process | ids equal | min cosine |")
     print("|---|---:|---:|---:|---|---:|")
     single = next(r for r in results["rows"] if "one process" in r["how"])["seconds"]
@@ -193,6 +208,7 @@ def main() -> None:
     idx = sub.add_parser("indexing")
     idx.add_argument("--docs", type=int, default=160)
     idx.add_argument("--json", type=Path)
+    idx.add_argument("--reverse", action="store_true", help="run Ray first (load drifts)")
     srch = sub.add_parser("search")
     srch.add_argument("bundle", type=Path)
     srch.add_argument("--milvus", required=True, help="milvus-lite .db path or Milvus URI")
@@ -202,7 +218,7 @@ def main() -> None:
         command.add_argument("--dataset", type=Path, default=SCIFACT, help="BEIR SciFact folder")
     args = parser.parse_args()
     if args.what == "indexing":
-        indexing(args.docs, args.json, args.dataset)
+        indexing(args.docs, args.json, args.dataset, args.reverse)
     else:
         search(args.bundle, args.milvus, args.queries, args.json, args.dataset)
 
