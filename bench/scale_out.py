@@ -120,7 +120,7 @@ def _print_indexing(results: dict[str, Any]) -> None:
     single = next(r for r in results["rows"] if "one process" in r["how"])["seconds"]
     for r in results["rows"]:
         cosine = f"{r['min_cosine_vs_single']:.6f}" if "min_cosine_vs_single" in r else ""
-        same = {True: "yes", False: "NO"}.get(r.get("same_ids"), "")  # type: ignore[call-overload]
+        same = {True: "yes", False: "NO"}.get(r.get("same_ids"), "")
         print(
             f"| {r['how']} | {r['seconds']:.1f} | {r['docs_per_s']:.2f} | "
             f"{single / r['seconds']:.2f}x | {same} | {cosine} |"

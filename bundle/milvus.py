@@ -31,6 +31,7 @@ Milvus backend is chosen.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -321,8 +322,12 @@ class MilvusBackend:
         self._token = token
         self._lock = threading.Lock()
         self._client = connect(uri, token, timeout)
-        self.collection, self.resolved_by = resolve(self._client, name)
-        self._manifest, self.variants = read_manifest(self._client, self.collection)
+        try:
+            self.collection, self.resolved_by = resolve(self._client, name)
+            self._manifest, self.variants = read_manifest(self._client, self.collection)
+        except BaseException:
+            _close_quietly(self._client)
+            raise
         self.dim = self._manifest.dim
         self.n_docs = self._manifest.n_docs
         self.version = f"{self._manifest.version}@{self.collection}"
@@ -613,8 +618,6 @@ class MilvusBackend:
 
 def _added_pk(ext_id: str) -> int:
     """Ids of documents added in place: 2**62 + a 62-bit hash, apart from pushed row numbers."""
-    import hashlib
-
     digest = int.from_bytes(hashlib.sha256(ext_id.encode()).digest()[:8], "big")
     return (1 << 62) | (digest & ((1 << 62) - 1))
 

@@ -228,9 +228,14 @@ def load_bundle(
 
 
 def load_milvus(
-    uri: str, collection: str, token: str | None, card: ModelCard, variants: list[str],
-    *, allow_unaligned: bool,
-) -> LoadedBundle:  # fmt: skip
+    uri: str,
+    collection: str,
+    token: str | None,
+    card: ModelCard,
+    variants: list[str],
+    *,
+    allow_unaligned: bool,
+) -> LoadedBundle:
     """Connect to Milvus and check the collection as a bundle would be checked; no index here."""
     try:
         from tandem.bundle.milvus import MilvusBackend
@@ -263,9 +268,13 @@ def load_milvus(
 
 
 def preflight_milvus(
-    uri: str, collection: str, token: str | None, student: str, variants: list[str],
+    uri: str,
+    collection: str,
+    token: str | None,
+    student: str,
+    variants: list[str],
     allow_unaligned: bool,
-) -> str:  # fmt: skip
+) -> str:
     """The Milvus checks before binding a port; returns the collection that will be served."""
     card = ModelCard.load(resolve_student(student))
     loaded = load_milvus(uri, collection, token, card, variants, allow_unaligned=allow_unaligned)
