@@ -21,13 +21,15 @@ from tandem.bundle.backend import BackendUnavailable, FaissBackend
 from tandem.bundle.format import Bundle, open_bundle
 from tandem.bundle.milvus import MilvusBackend, MilvusSetupError, versions_of
 from tandem.bundle.search import SearchPlan
+from tandem.indexer.build import build_bundle
 from tandem.indexer.push import push_bundle
 from tandem.models.card import ModelCard
 from tandem.models.encoder import Encoder
 from tandem.server.state import StartupCheckError, load_milvus
 
+from tests.support.index import HashEncoder
 from tests.support.milvus import external_uri, free_port, lite_server
-from tests.support.server import QUERIES, running_server, serve_command
+from tests.support.server import QUERIES, running_server, sample_docs, serve_command
 
 pytestmark = pytest.mark.slow
 
@@ -172,13 +174,20 @@ def test_add_and_delete_change_the_served_collection(
 
 
 def test_collections_that_do_not_fit_the_student_are_refused(
-    bundle_root: Path, tmp_path: Path, student_dir: Path
+    bundle_root: Path, tmp_path: Path, student_dir: Path, query_encoder_dir: Path
 ) -> None:
     db = str(tmp_path / "lite.db")
     push_bundle(bundle_root, db, "docs")
     raw_student = ModelCard.load(student_dir)  # 384 dims, not aligned to the 768-d teacher
     with pytest.raises(StartupCheckError, match="384 dims"):
         load_milvus(db, "docs", None, raw_student, [], allow_unaligned=False)
+    # 768 dims, but the collection's vectors come from another teacher: refused on the
+    # fingerprint, as a bundle would be.
+    build_bundle(sample_docs(12), tmp_path / "other", HashEncoder(768), ["f32-768"])  # type: ignore[arg-type]
+    push_bundle(tmp_path / "other", db, "other_teacher")
+    aligned = ModelCard.load(query_encoder_dir)  # aligned to all-mpnet-base-v2
+    with pytest.raises(StartupCheckError, match="synthetic-hash"):
+        load_milvus(db, "other_teacher", None, aligned, [], allow_unaligned=False)
     with pytest.raises(StartupCheckError, match="no collection or alias 'other'"):
         load_milvus(db, "other", None, raw_student, [], allow_unaligned=False)
     client = MilvusClient(db)
