@@ -275,3 +275,23 @@ def test_serving_from_milvus_matches_faiss_and_survives_losing_milvus(
             assert [h["id"] for h in moved.json()["results"]] == [
                 h["id"] for h in again.json()["results"]
             ]
+
+
+def test_index_push_cli(bundle_root: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def push(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-c", "from tandem.cli import app; app()", "index", "push"]
+        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=300)
+
+    db = str(tmp_path / "lite.db")
+    done = push(str(bundle_root), "--milvus", db, "--collection", "docs", "--keep", "1")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "pushed 40 docs to docs_v0001" in done.stdout and "(pointer)" in done.stdout
+    done = push(str(bundle_root), "--milvus", db, "--collection", "docs", "--keep", "1")
+    assert "docs_v0002" in done.stdout and "dropped docs_v0001" in done.stdout
+    unreachable = f"http://127.0.0.1:{free_port()}"
+    done = push(str(bundle_root), "--milvus", unreachable)
+    assert done.returncode == 1
+    assert f"cannot reach Milvus at {unreachable}" in done.stderr
