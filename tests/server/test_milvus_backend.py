@@ -29,7 +29,13 @@ from tandem.server.state import StartupCheckError, load_milvus
 
 from tests.support.index import HashEncoder
 from tests.support.milvus import external_uri, free_port, lite_server
-from tests.support.server import QUERIES, running_server, sample_docs, serve_command
+from tests.support.server import (
+    API_KEY,
+    QUERIES,
+    running_server,
+    sample_docs,
+    serve_command,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -231,8 +237,10 @@ def test_serving_from_milvus_matches_faiss_and_survives_losing_milvus(
             "--student", str(query_encoder_dir), "--retry-after-s", "2",
         ]  # fmt: skip
         with (
-            running_server(tmp_path, args) as server,
-            httpx.Client(base_url=server.url, timeout=30) as client,
+            running_server(tmp_path, args, {"TANDEM_API_KEY": API_KEY}) as server,
+            httpx.Client(
+                base_url=server.url, timeout=30, headers={"Authorization": f"Bearer {API_KEY}"}
+            ) as client,
         ):
             queries = query_encoder.encode(QUERIES, "query")
             for variant in PUSHED:
@@ -265,12 +273,15 @@ def test_serving_from_milvus_matches_faiss_and_survives_losing_milvus(
             again = client.post("/search", json={"query": QUERIES[0], "k": 3})
             assert again.status_code == 200, again.text
 
-            # A new push moves the name; serving pods follow it without a restart.
+            # A new push moves the name; serving pods follow it without a restart
+            # (at the next readiness probe, or now through /admin/reload).
             assert push_bundle(bundle_root, milvus.uri, "docs").collection == "docs_v0002"
-            deadline = time.monotonic() + 60
-            while not client.get("/readyz").json()["version"].endswith("@docs_v0002"):
-                assert time.monotonic() < deadline, server.logs()
-                time.sleep(0.5)
+            admin = {"Authorization": f"Bearer {API_KEY}"}
+            reload = client.post("/admin/reload?wait=true", headers=admin)
+            assert reload.status_code == 200, reload.text
+            assert reload.json()["status"] == "swapped"
+            assert reload.json()["version"].endswith("@docs_v0002")
+            assert client.get("/readyz").json()["version"].endswith("@docs_v0002")
             moved = client.post("/search", json={"query": QUERIES[0], "k": 3})
             assert [h["id"] for h in moved.json()["results"]] == [
                 h["id"] for h in again.json()["results"]
