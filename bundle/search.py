@@ -82,6 +82,7 @@ class Ranked:
     rescored: bool
     search_s: float
     rescore_s: float
+    remote_s: float = 0.0  # of which spent in a remote index tier (Milvus); 0 in-process
 
     def padded(self, k: int) -> tuple[Scores, Ids]:
         """(n, k) arrays with -inf / -1 where a query has fewer than k hits."""

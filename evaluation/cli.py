@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from tandem.bundle.backend import SearchBackend
 from tandem.bundle.format import Bundle, BundleError, open_bundle
 from tandem.evaluation.report import write_report
 from tandem.evaluation.runner import (
@@ -72,6 +73,28 @@ def _bundle_for_run(path: Path | None) -> Iterator[Bundle | None]:
     finally:
         if opened is not None:
             opened.close()
+
+
+def _milvus_backend(backend: str, uri: str | None, collection: str | None) -> SearchBackend | None:
+    """The Milvus backend --backend milvus names (pymilvus imported only then)."""
+    if backend == "faiss":
+        return None
+    if backend != "milvus":
+        raise typer.BadParameter("expected faiss or milvus", param_hint="--backend")
+    if not uri or not collection:
+        raise typer.BadParameter("--backend milvus needs --milvus-uri and --collection")
+    try:
+        from tandem.bundle.milvus import MilvusBackend
+    except ImportError as exc:
+        console.print(f"[red]--backend milvus needs pymilvus: pip install 'tandem[milvus]' ({exc})")
+        raise typer.Exit(2) from exc
+    from tandem.bundle.backend import BackendError
+
+    try:
+        return MilvusBackend(uri, collection)
+    except BackendError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
 
 
 def eval_command(
@@ -151,6 +174,20 @@ def eval_command(
         str,
         typer.Option("--device", help="auto, cpu or cuda for the encoders; latency depends on it."),
     ] = "cpu",
+    backend: Annotated[
+        str,
+        typer.Option(
+            "--backend",
+            help="Where the bundle's variants are searched: faiss (in process) or milvus "
+            "(the collection --bundle was pushed to; variants it lacks are n/a).",
+        ),
+    ] = "faiss",
+    milvus_uri: Annotated[
+        str | None, typer.Option("--milvus-uri", help="Milvus URI or milvus-lite .db path.")
+    ] = None,
+    collection: Annotated[
+        str | None, typer.Option("--collection", help="Milvus alias the bundle was pushed under.")
+    ] = None,
 ) -> None:
     """Evaluate teacher-symmetric, student-symmetric, asymmetric (and unaligned) retrieval.
 
@@ -172,8 +209,15 @@ def eval_command(
     config = EvalConfig(
         variants=names, oversample=factors, latency_queries=latency_queries, ef_search=ef_search
     )
-    with _bundle_for_run(bundle) as opened:
-        result = run_evaluation(eval_set, teacher_encoder, students, config, opened)
+    remote = _milvus_backend(backend, milvus_uri, collection)
+    try:
+        with _bundle_for_run(bundle) as opened:
+            result = run_evaluation(
+                eval_set, teacher_encoder, students, config, opened, backend=remote
+            )
+    finally:
+        if remote is not None:
+            remote.close()
     command = _command_line(
         [
             ("--dataset", dataset),
@@ -186,6 +230,9 @@ def eval_command(
             ("--latency-queries", latency_queries),
             ("--ef-search", ef_search),
             ("--device", device),
+            ("--backend", backend if backend != "faiss" else None),
+            ("--milvus-uri", milvus_uri),
+            ("--collection", collection),
             ("--out", out),
         ]
     )

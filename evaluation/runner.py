@@ -21,6 +21,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 import numpy.typing as npt
+from tandem.bundle.backend import SearchBackend
 from tandem.bundle.format import Bundle
 from tandem.bundle.search import SearchPlan, SearchTarget, search
 from tandem.bundle.variants import HNSW_EF_SEARCH, VariantError, VariantSpec
@@ -140,10 +141,17 @@ def rank(
 class Evaluator:
     """Runs the plans over one evaluation set, sharing embeddings and indexes between modes."""
 
-    def __init__(self, eval_set: EvalSet, config: EvalConfig, bundle: Bundle | None = None) -> None:
+    def __init__(
+        self,
+        eval_set: EvalSet,
+        config: EvalConfig,
+        bundle: Bundle | None = None,
+        backend: SearchBackend | None = None,
+    ) -> None:
         self.eval_set = eval_set
         self.config = config
         self.bundle = bundle
+        self.backend = backend  # searches the bundle's side there (Milvus) instead of FAISS
         self._doc_sides: dict[str, DocSide] = {}
         self._queries: dict[str, npt.NDArray[np.float32]] = {}
         self._encode_ms: dict[str, float] = {}
@@ -197,6 +205,11 @@ class Evaluator:
                 row.status, row.note = "n/a", str(exc)
                 rows.append(row)
                 continue
+            if self._remote(docs, spec) is False:
+                row = self._base_row(plan, name)
+                row.status, row.note = "n/a", "not in the Milvus collection (FAISS-only variant)"
+                rows.append(row)
+                continue
             index, bytes_per_doc = docs.index(spec)
             settings: list[int | None] = [None]
             if _first_pass_is_lossy(spec, docs.dim):
@@ -222,6 +235,27 @@ class Evaluator:
                 )
         return rows
 
+    def _remote(self, docs: DocSide, spec: VariantSpec) -> bool | None:
+        """True: search this in the backend; False: the backend lacks it; None: no backend here."""
+        if self.backend is None or docs.bundle is None:
+            return None
+        return spec.name in self.backend.capabilities.variants
+
+    def _rank(
+        self,
+        spec: VariantSpec,
+        index: Any,
+        docs: DocSide,
+        queries: npt.NDArray[np.float32],
+        k: int,
+        oversample: int | None,
+        table: npt.NDArray[np.float32] | None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        if self.backend is not None and self._remote(docs, spec):
+            plan = request_plan(spec, k, oversample, self.config.ef_search)
+            return self.backend.search(queries, plan).padded(k)
+        return rank(spec, index, docs, queries, k, oversample, self.config.ef_search, table)
+
     def _published(self, encoder: Encoder) -> float | None:
         found = published_ndcg10(self.eval_set.name, encoder.name, self.eval_set.split)
         return found[0] if found else None
@@ -241,9 +275,7 @@ class Evaluator:
         values: dict[str, float] = {}
         for depth in sorted(set(DEPTH.values())):
             names = [name for name, d in DEPTH.items() if d == depth]
-            _, ids = rank(
-                spec, index, docs, queries, depth, row.oversample, self.config.ef_search, table
-            )
+            _, ids = self._rank(spec, index, docs, queries, depth, row.oversample, table)
             values.update(evaluate(qrels, run_from_hits(qids, ids, doc_ids), names))
         row.ndcg_at_10, row.recall_at_100, row.mrr_at_10 = (
             values["ndcg@10"],
@@ -264,11 +296,15 @@ class Evaluator:
         times: list[float] = []
         target = SearchTarget(docs.vectors, {spec.name: spec}, {spec.name: index})
         plan = request_plan(spec, 10, oversample, self.config.ef_search)
+        backend = self.backend if self._remote(docs, spec) else None
         with faiss_threads(self.config.search_threads):
             for n, i in enumerate(self._sample):
                 query = queries[i : i + 1]
                 start = time.perf_counter()
-                search(target, query, plan)
+                if backend is not None:
+                    backend.search(query, plan)
+                else:
+                    search(target, query, plan)
                 if n >= _WARMUP or len(self._sample) <= _WARMUP:
                     times.append((time.perf_counter() - start) * 1000)
         return statistics.median(times) if times else 0.0
@@ -419,11 +455,14 @@ def run_evaluation(
     config: EvalConfig,
     bundle: Bundle | None = None,
     on_row: Callable[[ResultRow], None] | None = None,
+    backend: SearchBackend | None = None,
 ) -> EvalResult:
     """Evaluate every applicable mode × variant × rescoring setting on one split.
 
     With a bundle, teacher documents come from it (vectors, ids, variant files);
-    its teacher must be ``teacher``, which is checked by fingerprint.
+    its teacher must be ``teacher``, which is checked by fingerprint. With a
+    ``backend`` (Milvus, pushed from that bundle), the bundle side's searches
+    go there instead of FAISS, so both tiers are scored by the same qrels.
     """
     if bundle is not None and bundle.manifest.teacher_fingerprint != teacher.card.fingerprint:
         raise BundleMismatchError(
@@ -432,7 +471,20 @@ def run_evaluation(
             f"(fingerprint {teacher.card.fingerprint[:12]})"
         )
     plans = plan_modes(teacher, students)
-    rows = Evaluator(eval_set, config, bundle).run(plans, on_row)
+    if backend is not None:
+        if bundle is None:
+            raise BundleMismatchError("--backend milvus needs --bundle: the bundle that was pushed")
+        if backend.manifest.teacher_fingerprint != bundle.manifest.teacher_fingerprint:
+            raise BundleMismatchError(
+                "the Milvus collection was pushed from another teacher's bundle "
+                f"({backend.manifest.teacher_fingerprint[:12]})"
+            )
+        if backend.manifest.n_docs != bundle.n_docs:
+            raise BundleMismatchError(
+                f"the Milvus collection holds {backend.manifest.n_docs} docs, "
+                f"the bundle {bundle.n_docs}: push this bundle version"
+            )
+    rows = Evaluator(eval_set, config, bundle, backend).run(plans, on_row)
     return EvalResult(
         rows=rows,
         dataset=eval_set.name,

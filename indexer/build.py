@@ -51,6 +51,7 @@ from tandem.bundle.variants import (
     write_index,
 )
 from tandem.bundle.vectorfile import VectorFile
+from tandem.indexer.embeddings import ShardError, ShardsManifest, fill_vectors
 from tandem.models.embedding_cache import EmbeddingCache, encode_cached
 from tandem.models.encoder import Encoder
 
@@ -96,6 +97,35 @@ class NoProgress:
         return None
 
 
+class EmbeddingEngine(Protocol):
+    """Where the teacher vectors come from when not from this process (Ray, other jobs).
+
+    ``embed`` leaves a shard folder (see embeddings.py) covering every staged
+    document and returns it; the builder checks its teacher and loads it.
+    """
+
+    def identity(self) -> dict[str, Any]: ...
+
+    def embed(
+        self, work: Path, n_docs: int, docs: Path, teacher: Encoder, progress: Progress
+    ) -> Path: ...
+
+
+@dataclass(frozen=True)
+class ShardFolder:
+    """Embeddings another job already wrote (``--from-embeddings SHARDS/``)."""
+
+    path: Path
+
+    def identity(self) -> dict[str, Any]:
+        return {"engine": "shards", "path": str(Path(self.path).resolve())}
+
+    def embed(
+        self, work: Path, n_docs: int, docs: Path, teacher: Encoder, progress: Progress
+    ) -> Path:
+        return Path(self.path)
+
+
 @dataclass(frozen=True)
 class EmbedSettings:
     """How the teacher is run: checkpoint chunk size and the batch token budget."""
@@ -126,6 +156,7 @@ class BuildState:
     embed_seconds: float = 0.0
     resumed: int = 0
     published: str | None = None
+    vectors_filled: bool = False  # engine builds: the shards are loaded into the vectors file
 
     def save(self, work: Path) -> None:
         write_json_atomic(work / STATE_FILE, asdict(self))
@@ -241,6 +272,7 @@ def build_bundle(
     corpus_info: dict[str, Any] | None = None,
     corpus_stats: CorpusStats | None = None,
     students: Sequence[str] = (),
+    engine: EmbeddingEngine | None = None,
 ) -> Path:
     """Embed ``docs`` with the teacher and publish a new bundle version under ``root``.
 
@@ -249,6 +281,8 @@ def build_bundle(
     then relies on the work folder alone). ``corpus_info`` (e.g. the corpus
     file signature and text fields) is recorded in the manifest and must
     match on ``resume``; ``corpus_stats`` is read after the docs are consumed.
+    ``engine`` embeds elsewhere (Ray, or shards another job wrote) instead of
+    in this process; the bundle is assembled the same way.
     """
     root = Path(root)
     names = variants or default_variants(teacher.dim, teacher.card.matryoshka_dims)
@@ -263,6 +297,8 @@ def build_bundle(
         "dedupe": dedupe,
         "corpus": corpus_info or {},
     }
+    if engine is not None:
+        identity["embedding"] = engine.identity()
     key = stable_hash(identity)
     with root_lock(root):
         work = work_dir(root)
@@ -280,10 +316,15 @@ def build_bundle(
             except BaseException:
                 shutil.rmtree(work, ignore_errors=True)  # nothing embedded yet: nothing to resume
                 raise
-        if use_cache and cache is None:
-            cache = EmbeddingCache.for_encoder(teacher)
-        _embed(work, state, teacher, cache, settings, progress)
+        if engine is not None:
+            _embed_with(engine, work, state, teacher, progress)
+        else:
+            if use_cache and cache is None:
+                cache = EmbeddingCache.for_encoder(teacher)
+            _embed(work, state, teacher, cache, settings, progress)
         stage_settings = asdict(settings) | {"checkpoint_every": state.checkpoint_every}
+        if engine is not None:
+            stage_settings["embedding"] = engine.identity()
         with BundleStage(root) as stage:
             stage.adopt(work / WORK_DOCS, stage.docs_path())
             stage.adopt(work / WORK_VECTORS, stage.vectors_path(vectors_dtype))
@@ -437,3 +478,24 @@ def _embed(
     finally:
         reader.close()
         out.close()
+
+
+def _embed_with(
+    engine: EmbeddingEngine, work: Path, state: BuildState, teacher: Encoder, progress: Progress
+) -> None:
+    """Have the engine write shards, check their teacher, load them into the vectors file."""
+    if state.vectors_filled:
+        return
+    started = time.perf_counter()
+    try:
+        folder = engine.embed(work, state.n_docs, work / WORK_DOCS, teacher, progress)
+        ShardsManifest.read(folder).check(teacher.card.name, teacher.card.fingerprint, teacher.dim)
+        progress.phase("loading embeddings", total=state.n_docs)
+        with VectorFile(work / WORK_VECTORS, writable=True) as out:
+            rows = fill_vectors(folder, work / WORK_DOCS, out)
+        progress.advance(rows)
+    except (ShardError, RuntimeError) as exc:
+        raise BuildError(str(exc)) from exc
+    state.vectors_filled = True
+    state.embed_seconds += time.perf_counter() - started
+    state.save(work)

@@ -23,7 +23,9 @@ from tandem.indexer.build import (
     DEFAULT_CHECKPOINT_EVERY,
     DEFAULT_MAX_BATCH,
     BuildError,
+    EmbeddingEngine,
     EmbedSettings,
+    ShardFolder,
     build_bundle,
 )
 from tandem.indexer.update import add_documents, add_variants, delete_documents
@@ -45,6 +47,9 @@ from tandem.data.corpus import (
 )
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_SHARD_SIZE = 1024  # = tandem.indexer.ray_engine.DEFAULT_SHARD_SIZE (not imported: no ray)
+DEFAULT_RETRIES = 2
 
 app = typer.Typer(
     help="Build and maintain index bundles (corpus -> teacher vectors -> FAISS variants).",
@@ -251,6 +256,40 @@ def build(
         bool,
         typer.Option("--verify/--no-verify", help="Check every file's sha256 after publishing."),
     ] = True,
+    engine: Annotated[
+        str,
+        typer.Option(
+            "--engine",
+            help="Where the teacher runs: local (this process) or ray (a Ray Data actor pool).",
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option("--ray-address", help="Ray cluster address (default: start Ray locally)."),
+    ] = None,
+    actors: Annotated[int, typer.Option("--actors", help="Ray actors, one teacher each.")] = 1,
+    cpus_per_actor: Annotated[
+        float, typer.Option("--cpus-per-actor", help="CPUs reserved by each Ray actor.")
+    ] = 1.0,
+    gpus_per_actor: Annotated[
+        float,
+        typer.Option("--gpus-per-actor", help="GPUs per Ray actor; > 0 runs the teacher on CUDA."),
+    ] = 0.0,
+    shard_size: Annotated[
+        int,
+        typer.Option("--shard-size", help="Docs per Ray shard: the unit of retry and resume."),
+    ] = DEFAULT_SHARD_SIZE,
+    retries: Annotated[
+        int, typer.Option("--retries", help="Restarts of a dead Ray actor (its shard is retried).")
+    ] = DEFAULT_RETRIES,
+    from_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-embeddings",
+            help="Folder of Parquet shards (id, vector) + embeddings.json made by another job: "
+            "assemble the bundle from them instead of running the teacher.",
+        ),
+    ] = None,
 ) -> None:
     """Embed a corpus with the teacher and publish a verified bundle version."""
     root = out_root or default_root(corpus)
@@ -258,6 +297,12 @@ def build(
     with user_errors(hint):
         if vectors_dtype not in ("f16", "f32"):
             raise BuildError(f"--vectors-dtype must be f16 or f32, got {vectors_dtype!r}")
+        if engine not in ("local", "ray"):
+            raise BuildError(f"--engine must be local or ray, got {engine!r}")
+        if from_embeddings is not None and engine != "local":
+            raise BuildError("--from-embeddings assembles existing shards: drop --engine ray")
+        if from_embeddings is not None and not from_embeddings.is_dir():
+            raise BuildError(f"--from-embeddings {from_embeddings} is not a folder")
         fields = text_fields(id_field, text_field, title_field, template)
         info = corpus_info(corpus, fields, fmt, skip_bad) if corpus.exists() else {}
         stats = CorpusStats()
@@ -265,6 +310,14 @@ def build(
         names = variants.split(",") if variants else None
         encoder = load_teacher(teacher, precision, threads, device, names)
         cache = None if no_cache else EmbeddingCache.for_encoder(encoder, root=cache_dir)
+        chosen: EmbeddingEngine | None = None
+        if from_embeddings is not None:
+            chosen = ShardFolder(from_embeddings)
+        elif engine == "ray":
+            chosen = ray_engine(
+                encoder, ray_address, actors, cpus_per_actor, gpus_per_actor, shard_size, retries,
+                EmbedSettings(checkpoint_every, batch_tokens, max_batch),
+            )  # fmt: skip
         with rich_progress() as progress:
             version_dir = build_bundle(
                 docs,
@@ -280,11 +333,46 @@ def build(
                 progress=progress,
                 corpus_info=info,
                 corpus_stats=stats,
+                engine=chosen,
             )
         report_stats(stats)
         if verify_after:
             verify_bundle(version_dir)
         _print_info(version_dir, f"built {version_dir}" + (" (verified)" if verify_after else ""))
+
+
+def ray_engine(
+    encoder: Encoder,
+    address: str | None,
+    actors: int,
+    cpus_per_actor: float,
+    gpus_per_actor: float,
+    shard_size: int,
+    retries: int,
+    settings: EmbedSettings,
+) -> EmbeddingEngine:
+    """The Ray engine for a build; ray is imported only here (the ``ray`` extra)."""
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        raise BuildError("--engine ray needs Ray: pip install 'tandem[ray]'") from None
+    from tandem.indexer.ray_engine import RayEngine
+
+    try:
+        return RayEngine(
+            teacher_dir=encoder.folder,
+            address=address,
+            actors=actors,
+            cpus_per_actor=cpus_per_actor,
+            gpus_per_actor=gpus_per_actor,
+            shard_size=shard_size,
+            retries=retries,
+            batch_tokens=settings.batch_tokens,
+            max_batch=settings.max_batch,
+            precision=encoder.precision,
+        )
+    except ValueError as exc:
+        raise BuildError(str(exc)) from None
 
 
 @app.command()
@@ -389,6 +477,63 @@ def add_variant(
         with rich_progress() as progress:
             version_dir = add_variants(root, variants, progress=progress)
         _print_info(version_dir, f"published {version_dir}")
+
+
+@app.command()
+def push(
+    path: BundlePath,
+    milvus: Annotated[
+        str,
+        typer.Option(
+            "--milvus", help="Milvus URI (http://host:19530) or a local milvus-lite .db path."
+        ),
+    ],
+    collection: Annotated[
+        str, typer.Option("--collection", help="Alias clients use (versions are NAME_vNNNN).")
+    ] = "tandem",
+    variants: Annotated[
+        str | None,
+        typer.Option(
+            "--variants",
+            help="Comma-separated variants to push (default: every flat f32-D and bin-D one).",
+        ),
+    ] = None,
+    keep: Annotated[
+        int, typer.Option("--keep", help="Versions kept in Milvus, the live one included.")
+    ] = 2,
+) -> None:
+    """Push a bundle version to Milvus as a new collection and switch the alias to it.
+
+    The token, if the server needs one, is read from TANDEM_MILVUS_TOKEN.
+    """
+    import os
+
+    with user_errors():
+        try:
+            from tandem.indexer.push import push_bundle
+        except ImportError as exc:
+            raise BuildError(f"push needs pymilvus: pip install 'tandem[milvus]' ({exc})") from None
+        from tandem.bundle.backend import BackendError
+
+        try:
+            pushed = push_bundle(
+                path,
+                milvus,
+                collection,
+                token=os.environ.get("TANDEM_MILVUS_TOKEN") or None,
+                variants=variants.split(",") if variants else None,
+                keep=keep,
+            )
+        except BackendError as exc:
+            raise BuildError(str(exc)) from None
+        say(
+            stdout(),
+            f"pushed {pushed.n_docs:,} docs to {pushed.collection}",
+            f"; {pushed.alias} -> {pushed.collection} ({pushed.switched_by}); "
+            f"variants {', '.join(pushed.variants)}"
+            + (f"; dropped {', '.join(pushed.dropped)}" if pushed.dropped else ""),
+            "green",
+        )
 
 
 @app.command()

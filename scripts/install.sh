@@ -9,6 +9,7 @@
 #   bash scripts/install.sh            # serving + export + offline models + dev tools
 #                                      # + the LangChain/LlamaIndex/Haystack retriever extras
 #   bash scripts/install.sh --serve    # serving only: no torch, no transformers
+#   (add Milvus serving to a --serve install with: pip install -e ".[milvus]")
 #
 # Environment knobs:
 #   TORCH_CPU_VERSION  torch version for CPU machines (default 2.13.0)
@@ -36,7 +37,9 @@ if [[ $serve_only == 0 ]]; then
     echo "install: no GPU, installing the CPU build of torch ${TORCH_CPU_VERSION:-2.13.0}"
     pip install -q "torch==${TORCH_CPU_VERSION:-2.13.0}" ${TORCH_CPU_INDEX:+--index-url "$TORCH_CPU_INDEX"}
   fi
-  extras="$extras,export,eval,dev,langchain,llamaindex,haystack"
+  # ray + milvus + milvus-lite: distributed indexing and the Milvus tier, tested in CI
+  # (about 500 MB more: ray, pandas, milvus-lite's engine).
+  extras="$extras,export,eval,dev,langchain,llamaindex,haystack,ray,milvus,milvus-lite"
 fi
 [[ $gpu == 1 ]] && extras="$extras,gpu"
 

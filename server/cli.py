@@ -29,7 +29,7 @@ from pydantic import SecretStr, ValidationError
 from pydantic.fields import FieldInfo
 from tandem.server.metrics import MULTIPROC_ENV
 from tandem.server.settings import ENV_PREFIX, ServerSettings
-from tandem.server.state import StartupCheckError, preflight
+from tandem.server.state import StartupCheckError, preflight, preflight_milvus
 from uvicorn.config import LOGGING_CONFIG, STARTUP_FAILURE
 from uvicorn.supervisors import Multiprocess
 
@@ -105,18 +105,26 @@ def serve(**flags: Any) -> None:
     except ValidationError as exc:
         _fail(InvalidInput(f"invalid settings:\n{exc}"))
     try:
-        version_dir = preflight(
-            settings.bundle, settings.student, settings.variant, settings.allow_unaligned
-        )
+        if settings.backend == "milvus":
+            served = preflight_milvus_settings(settings)
+        else:
+            assert settings.bundle is not None  # the settings require it for faiss
+            version_dir = preflight(
+                settings.bundle, settings.student, settings.variant, settings.allow_unaligned
+            )
     except StartupCheckError as exc:
         _fail(exc)
     except OSError as exc:  # an unreadable mount (a container's user is not the files' owner)
         where = exc.filename or settings.bundle
         _fail(ConfigError(f"cannot read {where}: {exc.strerror} (serving as uid {os.getuid()})"))
-    logger.info("bundle %s verified; starting %d worker(s)", version_dir, settings.workers)
+    if settings.backend == "milvus":
+        logger.info("Milvus collection %s checked; starting %d worker(s)", served, settings.workers)
+    else:
+        logger.info("bundle %s verified; starting %d worker(s)", version_dir, settings.workers)
     run_dir = Path(tempfile.mkdtemp(prefix="tandem-serve-")) if settings.workers > 1 else None
     env = settings.to_env()
-    env["TANDEM_VERIFIED_VERSION_DIR"] = str(version_dir)
+    if settings.backend != "milvus":
+        env["TANDEM_VERIFIED_VERSION_DIR"] = str(version_dir)
     if run_dir is not None and settings.control_dir is None:
         env["TANDEM_CONTROL_DIR"] = str(run_dir / "control")
     _prepare_multiprocess_metrics(run_dir)
@@ -126,6 +134,20 @@ def serve(**flags: Any) -> None:
     finally:
         if run_dir is not None:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def preflight_milvus_settings(settings: ServerSettings) -> str:
+    """Connect to Milvus and check the collection against the student before binding a port."""
+    assert settings.milvus_uri is not None and settings.collection is not None
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    return preflight_milvus(
+        settings.milvus_uri,
+        settings.collection,
+        token,
+        settings.student,
+        settings.variant,
+        settings.allow_unaligned,
+    )
 
 
 _PARAMS = settings_parameters()

@@ -55,6 +55,7 @@ class StageTimings:
     rescore_s: float = 0.0
     fetch_s: float = 0.0
     total_s: float = 0.0
+    index_s: float | None = None  # of search + rescore, the time in a remote index tier
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ __all__ = [
     "DeadlineExceeded",
     "EmptyQuery",
     "EncoderFailure",
+    "IndexUnavailable",
     "InvalidRequest",
     "ModelNotFound",
     "NotReady",
@@ -88,6 +89,12 @@ class DeadlineExceeded(Unavailable):
 
 class NotReady(Unavailable):
     pass
+
+
+class IndexUnavailable(Unavailable):
+    """The remote index tier (Milvus) did not answer; retry after Retry-After."""
+
+    code = "index_unavailable"
 
 
 class EncoderFailure(ModelError):

@@ -122,9 +122,10 @@ class Reloader:
             await asyncio.sleep(self.settings.reload_poll_s)
             generation = self._read_generation()
             moved = False
-            if self.settings.watch_current:
+            bundle = self.settings.bundle  # None with a remote index tier: nothing to watch
+            if self.settings.watch_current and bundle is not None:
                 try:
-                    target = await asyncio.to_thread(resolve_version_dir, self.settings.bundle)
+                    target = await asyncio.to_thread(resolve_version_dir, bundle)
                 except Exception as exc:  # noqa: BLE001 - a bad pointer must not stop the watcher
                     problem = str(exc)
                     if problem != self._watch_problem:  # log a broken pointer once, not every poll
@@ -164,7 +165,10 @@ class Reloader:
         self.last_attempt_at = time.time()
         old = self.service.loaded
         version_dir: Path | None = None
+        if self.settings.backend == "milvus":
+            return await self._follow_milvus(old, started)
         try:
+            assert self.settings.bundle is not None  # the settings require it for faiss
             version_dir = await asyncio.to_thread(resolve_version_dir, self.settings.bundle)
             if not force and version_dir == old.version_dir:
                 self.metrics.reloads.labels(outcome="unchanged").inc()
@@ -189,6 +193,18 @@ class Reloader:
         seconds = time.perf_counter() - started
         logger.info("swapped bundle %s -> %s in %.2fs", old.version, new.version, seconds)
         return ReloadOutcome("swapped", new.version, old.version, seconds)
+
+    async def _follow_milvus(self, loaded: LoadedBundle, started: float) -> ReloadOutcome:
+        """Milvus: versions move with the alias (or pointer); re-resolve it now."""
+        before = loaded.version
+        if not await asyncio.to_thread(loaded.backend.ping):
+            self.metrics.reloads.labels(outcome="failed").inc()
+            raise ReloadFailed(f"Milvus does not answer; still serving {before}")
+        status: Literal["swapped", "unchanged"] = (
+            "swapped" if loaded.version != before else "unchanged"
+        )
+        self.metrics.reloads.labels(outcome=status).inc()
+        return ReloadOutcome(status, loaded.version, before, time.perf_counter() - started)
 
     def _load(self, version_dir: Path) -> LoadedBundle:
         faiss.omp_set_num_threads(self.settings.faiss_threads)  # warm-up searches in this thread

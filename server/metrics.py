@@ -108,6 +108,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.index_seconds = Histogram(
+            "tandem_index_remote_duration_seconds",
+            "time per request spent in a remote index tier (Milvus: search and vector fetch)",
+            ["backend", "variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "tandem_batch_size", "queries per ONNX run", buckets=BATCH_SIZE_BUCKETS, registry=r
         )

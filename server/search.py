@@ -23,21 +23,23 @@ from typing import Any
 import faiss
 import numpy as np
 import numpy.typing as npt
+from tandem.bundle.backend import BackendUnavailable
 from tandem.bundle.format import BundleError, Document
-from tandem.bundle.search import Ranked, SearchPlan, search
+from tandem.bundle.search import Ranked, SearchPlan
 from tandem.bundle.variants import truncate_normalize
 from tandem.models.card import ModelCard, Precision
 from tandem.models.encoder import Encoder, EncoderError, TokenRows
 from tandem.server import validation
 from tandem.server.batching import MicroBatcher, StageRun
 from tandem.server.domain import Embeddings, Hit, QueryResult, SearchOptions, StageTimings
-from tandem.server.errors import BundleFailure, UnknownVariant
+from tandem.server.errors import BundleFailure, IndexUnavailable, UnknownVariant
 from tandem.server.metrics import Metrics
 from tandem.server.settings import ServerSettings
 from tandem.server.state import (
     LoadedBundle,
     StartupCheckError,
     load_bundle,
+    load_milvus,
     resolve_student,
     resolve_version_dir,
     warm,
@@ -109,17 +111,21 @@ class SearchService:
             )
         except EncoderError as exc:
             raise StartupCheckError(f"student {settings.student!r}: {exc}") from exc
-        version_dir = resolve_version_dir(settings.bundle)
-        verified = settings.verified_version_dir
-        verify = verified is None or verified.resolve() != version_dir
-        loaded = load_bundle(
-            version_dir,
-            encoder.card,
-            settings.variant,
-            allow_unaligned=settings.allow_unaligned,
-            verify=verify,
-            faiss_device=settings.faiss_device,
-        )
+        if settings.backend == "milvus":
+            loaded = load_milvus_from(settings, encoder)
+        else:
+            assert settings.bundle is not None  # the settings require it for faiss
+            version_dir = resolve_version_dir(settings.bundle)
+            verified = settings.verified_version_dir
+            verify = verified is None or verified.resolve() != version_dir
+            loaded = load_bundle(
+                version_dir,
+                encoder.card,
+                settings.variant,
+                allow_unaligned=settings.allow_unaligned,
+                verify=verify,
+                faiss_device=settings.faiss_device,
+            )
         try:
             warm_queries = encoder.encode([WARMUP_TEXT], "query")  # (1, dim); warms ONNX too
             warm(loaded, warm_queries)
@@ -165,6 +171,8 @@ class SearchService:
         """Ready = loaded, warmed, not draining, and the encoder answering."""
         if not self.started or self.draining:
             return False
+        if not await asyncio.to_thread(self._loaded.backend.ping):
+            return False  # the remote index tier is not answering (logged by the backend)
         if not self.batcher.healthy:
             # TEI's health check: after a failed batch, probe the encoder again.
             rows = self.encoder.tokenize_rows([WARMUP_TEXT], "query")
@@ -220,8 +228,12 @@ class SearchService:
             rescore_s=found.rescore_s,
             fetch_s=found.fetch_s,
             total_s=time.perf_counter() - started,
+            index_s=found.index_s,
         )
         m = self.metrics
+        if found.index_s is not None:
+            backend = self._loaded.backend.capabilities.backend
+            m.index_seconds.labels(backend=backend, variant=found.variant).observe(found.index_s)
         m.tokenize_seconds.observe(tokenize_s)
         m.search_seconds.labels(variant=found.variant).observe(found.search_s)
         if found.rescored and found.rescore_s:
@@ -300,6 +312,7 @@ class _Found:
     search_s: float
     rescore_s: float
     fetch_s: float
+    index_s: float | None = None  # time in a remote index tier (Milvus), when there is one
 
 
 class _SearchStage:
@@ -342,9 +355,17 @@ class _SearchRun:
         ranked: dict[int, tuple[Ranked, int, int]] = {}  # job -> (group result, first row, rows)
         for members in groups.values():
             try:
-                result = search(
-                    self.loaded.target, np.vstack([vectors[j] for j in members]), plans[members[0]]
+                queries = np.vstack([vectors[j] for j in members])
+                result = self.loaded.backend.search(queries, plans[members[0]])
+            except BackendUnavailable as exc:
+                self.service.metrics.rejected.labels(reason="index_unavailable").inc()
+                unavailable = IndexUnavailable(
+                    f"the index tier is unavailable: {exc}",
+                    retry_after_s=self.service.settings.retry_after_s,
                 )
+                for j in members:
+                    outputs[j] = unavailable
+                continue
             except (BundleError, KeyError, RuntimeError, ValueError) as exc:
                 failure = BundleFailure(f"search failed on bundle {self.loaded.version}: {exc}")
                 for j in members:
@@ -374,6 +395,7 @@ class _SearchRun:
                 result.search_s,
                 result.rescore_s,
                 fetch_s,
+                result.remote_s if self.loaded.backend.capabilities.remote else None,
             )
         return outputs
 
@@ -387,6 +409,20 @@ class _SearchRun:
             return {}
         iids = sorted(wanted)
         return dict(zip(iids, self.loaded.bundle.documents(iids), strict=True))
+
+
+def load_milvus_from(settings: ServerSettings, encoder: Encoder) -> LoadedBundle:
+    """The Milvus collection the settings name, checked against the student."""
+    assert settings.milvus_uri is not None and settings.collection is not None
+    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
+    return load_milvus(
+        settings.milvus_uri,
+        settings.collection,
+        token,
+        encoder.card,
+        settings.variant,
+        allow_unaligned=settings.allow_unaligned,
+    )
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "TANDEM_"
@@ -26,12 +26,30 @@ class ServerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     # What to serve.
-    bundle: Path = Field(description="bundle root (with a `current` link) or one version folder")
+    bundle: Path | None = Field(
+        None,
+        description="bundle root (with a `current` link) or one version folder "
+        "(required with the faiss backend)",
+    )
     student: str = Field(description="query encoder: artifact folder, aligned name or model spec")
     variant: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="variants to serve (repeat the flag, or comma-separated in the env, e.g. "
         "`bin-768-hnsw,f32-768`); the first is the default; empty serves every variant",
+    )
+    backend: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="where the index lives: faiss (the bundle, in this process) or milvus "
+        "(a collection pushed with `tandem index push`; this process holds no index)",
+    )
+    milvus_uri: str | None = Field(
+        None, description="Milvus URI (http://host:19530) or a local milvus-lite .db path"
+    )
+    milvus_token: SecretStr | None = Field(
+        None, description="Milvus token (user:password or an API key); from a Secret in k8s"
+    )
+    collection: str | None = Field(
+        None, description="Milvus alias (or collection) the pushed bundle is served under"
     )
     allow_unaligned: bool = Field(
         False, description="serve a student that is not aligned to the bundle's teacher"
@@ -168,10 +186,18 @@ class ServerSettings(BaseSettings):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
 
-    @field_validator("api_key", mode="before")
+    @field_validator("api_key", "milvus_token", mode="before")
     @classmethod
     def _empty_key_is_none(cls, value: Any) -> Any:
         return None if value == "" else value
+
+    @model_validator(mode="after")
+    def _backend_needs(self) -> ServerSettings:
+        if self.backend == "faiss" and self.bundle is None:
+            raise ValueError("bundle is required with the faiss backend (--bundle PATH)")
+        if self.backend == "milvus" and not (self.milvus_uri and self.collection):
+            raise ValueError("the milvus backend needs --milvus-uri URI and --collection NAME")
+        return self
 
     @property
     def max_wait_s(self) -> float:
@@ -181,6 +207,7 @@ class ServerSettings(BaseSettings):
         """The effective configuration, fit for a log line (the API key never appears)."""
         data = self.model_dump(mode="json")
         data["api_key"] = "**********" if self.api_key is not None else None
+        data["milvus_token"] = "**********" if self.milvus_token is not None else None
         return data
 
     def to_env(self) -> dict[str, str]:

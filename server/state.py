@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from tandem.bundle.backend import BackendError, FaissBackend, SearchBackend
 from tandem.bundle.format import Bundle, BundleError, current_version_dir, open_bundle
 from tandem.bundle.placement import FaissDevice, PlacementError, place_index
-from tandem.bundle.search import SearchTarget
+from tandem.bundle.search import SearchPlan, SearchTarget
 from tandem.bundle.variants import VariantError, VariantSpec, search_variant
 from tandem.models.artifacts import ArtifactError, resolve_artifact
 from tandem.models.card import ModelCard
@@ -38,7 +39,12 @@ class StartupCheckError(ConfigError):
 
 @dataclass(eq=False)
 class LoadedBundle:
-    """One bundle version with the indexes of its served variants, ready to search."""
+    """One bundle version with the indexes of its served variants, ready to search.
+
+    ``backend`` answers the searches: the bundle's FAISS indexes in this
+    process by default, or a Milvus collection (then ``bundle`` is that
+    backend too: it serves the manifest and the documents).
+    """
 
     bundle: Bundle
     version_dir: Path
@@ -47,6 +53,7 @@ class LoadedBundle:
     devices: dict[str, str]
     default_variant: str
     pairing: str
+    backend: SearchBackend = field(default=None, repr=False)  # type: ignore[assignment]
     target: SearchTarget = field(init=False, repr=False)
     loaded_at: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -55,9 +62,10 @@ class LoadedBundle:
     _closed: bool = False
 
     def __post_init__(self) -> None:
-        self.target = SearchTarget(
-            self.bundle.vectors, self.specs, self.indexes, filter_ids=self.bundle.filter_ids
-        )
+        if self.backend is None:
+            faiss_backend = FaissBackend(self.bundle, self.specs, self.indexes)
+            self.backend = faiss_backend
+            self.target = faiss_backend.target
 
     @property
     def version(self) -> str:
@@ -221,10 +229,71 @@ def load_bundle(
     return LoadedBundle(bundle, Path(version_dir), specs, indexes, devices, default, pairing)
 
 
+def load_milvus(
+    uri: str,
+    collection: str,
+    token: str | None,
+    card: ModelCard,
+    variants: list[str],
+    *,
+    allow_unaligned: bool,
+) -> LoadedBundle:
+    """Connect to Milvus and check the collection as a bundle would be checked; no index here."""
+    try:
+        from tandem.bundle.milvus import MilvusBackend
+    except ImportError as exc:
+        raise StartupCheckError(
+            f"the milvus backend needs pymilvus: pip install 'tandem[milvus]' ({exc})"
+        ) from None
+    try:
+        backend = MilvusBackend(uri, collection, token)
+    except BackendError as exc:
+        raise StartupCheckError(str(exc)) from exc
+    try:
+        pairing = check_student(card, backend, allow_unaligned)  # type: ignore[arg-type]
+        specs, default = select_variants(backend, variants)  # type: ignore[arg-type]
+    except BaseException:
+        backend.close()
+        raise
+    devices = {name: "milvus" for name in specs}
+    logger.info("serving Milvus collection %s (variants %s)", backend.collection, ", ".join(specs))
+    return LoadedBundle(
+        backend,  # type: ignore[arg-type]
+        Path(backend.collection),
+        specs,
+        {},
+        devices,
+        default,
+        pairing,
+        backend=backend,
+    )
+
+
+def preflight_milvus(
+    uri: str,
+    collection: str,
+    token: str | None,
+    student: str,
+    variants: list[str],
+    allow_unaligned: bool,
+) -> str:
+    """The Milvus checks before binding a port; returns the collection that will be served."""
+    card = ModelCard.load(resolve_student(student))
+    loaded = load_milvus(uri, collection, token, card, variants, allow_unaligned=allow_unaligned)
+    try:
+        return str(loaded.version_dir)
+    finally:
+        loaded.close()
+
+
 def warm(loaded: LoadedBundle, queries: npt.NDArray[np.float32]) -> None:
     """Search every variant once and touch the stored vectors, so first requests are not cold."""
     k = min(10, loaded.n_docs)
     if k == 0:
+        return
+    if not isinstance(loaded.backend, FaissBackend):
+        for name in loaded.specs:
+            loaded.backend.search(queries, SearchPlan(variant=name, k=k, rescore=True))
         return
     for name, spec in loaded.specs.items():
         _scores, ids = search_variant(spec, loaded.indexes[name], queries, k, ef_search=k)

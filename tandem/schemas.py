@@ -92,6 +92,9 @@ class Timings(BaseModel):
     rescore: float
     fetch: float = Field(0.0, description="reading the hits' documents")
     total: float
+    index: float | None = Field(
+        None, description="of search + rescore, the time spent in a remote index tier (Milvus)"
+    )
 
 
 class SearchResponse(BaseModel):

@@ -71,6 +71,7 @@ def result_body(result: QueryResult) -> dict[str, Any]:
             "rescore": t.rescore_s * 1e3,
             "fetch": t.fetch_s * 1e3,
             "total": t.total_s * 1e3,
+            **({"index": t.index_s * 1e3} if t.index_s is not None else {}),
         },
         "truncated": result.truncated,
     }

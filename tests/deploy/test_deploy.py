@@ -183,6 +183,10 @@ def test_rendered_objects_are_schema_valid(target: str, rendered: dict[str, Rend
                 _assert_prometheus_rule(doc)
             checked[doc["kind"]] = checked.get(doc["kind"], 0) + 1
             continue
+        if doc["apiVersion"].startswith("ray.io/"):
+            _assert_ray_job(doc, docs)  # KubeRay's CRD: its pod templates are checked below
+            checked[doc["kind"]] = checked.get(doc["kind"], 0) + 1
+            continue
         for version in K8S_VERSIONS:
             try:
                 kubernetes_validate.validate(doc, version, strict=True)
@@ -328,6 +332,43 @@ def _assert_prometheus_rule(rule: dict[str, Any]) -> None:
             assert isinstance(item["expr"], str)
             if "for" in item:
                 _seconds(item["for"])
+
+
+def _assert_ray_job(job: dict[str, Any], docs: list[dict[str, Any]]) -> None:
+    """RayJob (ray.io/v1): pod templates valid as Kubernetes pods, a build command that parses."""
+    import shlex
+
+    import typer.main
+    from tandem.indexer.cli import app as index_app
+
+    assert job["apiVersion"] == "ray.io/v1" and job["kind"] == "RayJob"
+    spec = job["spec"]
+    assert spec["shutdownAfterJobFinishes"] is True and spec["submissionMode"] == "K8sJobMode"
+    cluster = spec["rayClusterSpec"]
+    templates = [cluster["headGroupSpec"]["template"]]
+    templates += [group["template"] for group in cluster["workerGroupSpecs"]]
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    for template in templates:
+        pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "t"}}
+        for version in K8S_VERSIONS:
+            kubernetes_validate.validate({**pod_template, "template": template}, version, True)
+        assert template["spec"]["securityContext"]["runAsNonRoot"] is True
+        for volume in template["spec"].get("volumes", []):
+            if "persistentVolumeClaim" in volume:  # the bundle volume the servers read
+                assert volume["persistentVolumeClaim"]["claimName"] in claims
+    gpus = [
+        g for g in cluster["workerGroupSpecs"]
+        if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]
+    ]  # fmt: skip
+    assert gpus, "teacher workers get GPUs"
+    words = shlex.split(spec["entrypoint"])
+    assert words[:3] == ["tandem", "index", "build"]
+    build = typer.main.get_command(index_app).commands["build"]  # type: ignore[attr-defined]
+    options = {opt for param in build.params for opt in param.opts}
+    flags = [w for w in words[3:] if w.startswith("--")]
+    assert set(flags) <= options, f"unknown flags {set(flags) - options}"
+    assert {"--engine", "--resume", "--gpus-per-actor"} <= set(flags)
+    assert words[words.index("--engine") + 1] == "ray"
 
 
 def _seconds(duration: str) -> float:
