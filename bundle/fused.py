@@ -94,10 +94,10 @@ def search_fused(
     depth = min(depth, target.n_docs)
     first = replace(base, k=depth, rescore=False)
     teacher_hits = search(target.teacher, aligned_queries, first)
-    student_hits = search(target.student, native_queries, replace(first, variant=plan.student_variant))
-    candidates = [
-        np.union1d(t, s) for t, s in zip(teacher_hits.ids, student_hits.ids, strict=True)
-    ]
+    student_hits = search(
+        target.student, native_queries, replace(first, variant=plan.student_variant)
+    )
+    candidates = [np.union1d(t, s) for t, s in zip(teacher_hits.ids, student_hits.ids, strict=True)]
     stages += [f"first_pass:{base.variant}", f"first_pass:student-{plan.student_variant}"]
     search_s = time.perf_counter() - started
     return _rescore_union(

@@ -334,7 +334,9 @@ def align_adapter(
         pairs.student[docs],
     )
     native = native_with_weight(
-        NativeOutput(name=student.name, dim=student.dim, weights_sha256=student.card.weights_sha256),
+        NativeOutput(
+            name=student.name, dim=student.dim, weights_sha256=student.card.weights_sha256
+        ),
         choice,
     )
     alignment = Alignment(

@@ -24,8 +24,12 @@ def spaces() -> dict[str, np.ndarray]:
     """Two correlated spaces over the same documents, as a teacher and a student would be."""
     rng = np.random.default_rng(7)
     latent = rng.standard_normal((N_DOCS, 24))
-    teacher = _unit(latent @ rng.standard_normal((24, 64)) + 0.5 * rng.standard_normal((N_DOCS, 64)))
-    student = _unit(latent @ rng.standard_normal((24, 32)) + 0.5 * rng.standard_normal((N_DOCS, 32)))
+    teacher = _unit(
+        latent @ rng.standard_normal((24, 64)) + 0.5 * rng.standard_normal((N_DOCS, 64))
+    )
+    student = _unit(
+        latent @ rng.standard_normal((24, 32)) + 0.5 * rng.standard_normal((N_DOCS, 32))
+    )
     picks = rng.choice(N_DOCS, N_QUERIES, replace=False)
     aligned = _unit(teacher[picks] + 0.8 * rng.standard_normal((N_QUERIES, 64)))
     native = _unit(student[picks] + 0.8 * rng.standard_normal((N_QUERIES, 32)))
@@ -45,7 +49,9 @@ def _target(docs: np.ndarray, name: str, meta: np.ndarray | None = None) -> Sear
     return SearchTarget(docs, {name: spec}, {name: build_index(spec, docs)}, filt)
 
 
-def _fused_target(s: dict[str, np.ndarray], t_name: str, s_name: str, meta: Any = None) -> FusedTarget:
+def _fused_target(
+    s: dict[str, np.ndarray], t_name: str, s_name: str, meta: Any = None
+) -> FusedTarget:
     return FusedTarget(_target(s["teacher"], t_name, meta), _target(s["student"], s_name, meta))
 
 
@@ -71,7 +77,7 @@ def test_full_oversample_equals_brute_force(spaces: dict[str, np.ndarray], w: fl
 
 
 def test_union_of_both_first_passes_is_rescored_exactly(spaces: dict[str, np.ndarray]) -> None:
-    """Candidates: each view's exact top k×oversample; ranking: exact fused score over their union."""
+    """Candidates: each view's exact top k×oversample; ranking: exact fused score of the union."""
     w, oversample = 0.4, 3
     plan = FusedPlan(SearchPlan("f32-64", k=K, rescore=True, oversample=oversample), "f32-32", w)
     _, ids = search_fused(_fused_target(spaces, "f32-64", "f32-32"), spaces["aligned"],
