@@ -25,7 +25,7 @@ from tandem.evaluation.runner import (
 from tandem.models.artifacts import ArtifactError, resolve_artifact
 from tandem.models.encoder import Device, Encoder, EncoderError
 
-from tandem.data.beir import DatasetError, load_eval_set
+from tandem.data.beir import DatasetError, EvalSet, load_eval_set
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -150,8 +150,16 @@ def eval_command(
         str,
         typer.Option("--device", help="auto, cpu or cuda for the encoders; latency depends on it."),
     ] = "cpu",
+    weight_split: Annotated[
+        str,
+        typer.Option(
+            "--weight-split",
+            help="Split whose judgments report the fused weight they would pick, beside the "
+            "label-free one ('' for none; never the evaluated split).",
+        ),
+    ] = "train",
 ) -> None:
-    """Evaluate teacher-symmetric, student-symmetric, asymmetric (and unaligned) retrieval.
+    """Evaluate teacher-symmetric, student-symmetric, asymmetric, fused (and unaligned) retrieval.
 
     Every embedding goes through the content-addressed cache, so the second run
     with the same inputs takes seconds.
@@ -171,8 +179,9 @@ def eval_command(
     config = EvalConfig(
         variants=names, oversample=factors, latency_queries=latency_queries, ef_search=ef_search
     )
+    judged = _judged_split(dataset, weight_split, split) if students else None
     with _bundle_for_run(bundle) as opened:
-        result = run_evaluation(eval_set, teacher_encoder, students, config, opened)
+        result = run_evaluation(eval_set, teacher_encoder, students, config, opened, judged=judged)
     command = _command_line(
         [
             ("--dataset", dataset),
@@ -185,6 +194,7 @@ def eval_command(
             ("--latency-queries", latency_queries),
             ("--ef-search", ef_search),
             ("--device", device),
+            ("--weight-split", weight_split if weight_split != "train" else None),
             ("--out", out),
         ]
     )
@@ -198,6 +208,22 @@ def eval_command(
     if recommendation is not None:
         console.print(f"[bold]recommended:[/bold] {recommendation.describe()}")
     console.print(f"report: {out / 'report.md'}  ({time.perf_counter() - started:.1f} s)")
+
+
+def _judged_split(dataset: Path, weight_split: str, split: str) -> EvalSet | None:
+    """The split that reports the w judgments would pick; None when absent or the same split."""
+    if not weight_split or weight_split == split:
+        return None
+    if not (dataset / "qrels" / f"{weight_split}.tsv").exists():
+        logger.info(
+            "no %s judgments in %s: the judged fused weight is not reported", weight_split, dataset
+        )
+        return None
+    try:
+        return load_eval_set(dataset, weight_split)
+    except DatasetError as exc:
+        console.print(f"[yellow]{weight_split} split not usable for the weight: {exc}[/yellow]")
+        return None
 
 
 def align_report_command(
