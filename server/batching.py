@@ -48,6 +48,7 @@ class Embedded:
     queue_s: float
     embed_s: float
     batch_size: int
+    native: npt.NDArray[np.float32] | None = None  # (n_texts, native dim): the same pass's
 
 
 @dataclass(eq=False)
@@ -209,7 +210,9 @@ class MicroBatcher:
         started = time.perf_counter()
         merged = merge_token_batches([i.tokens for i in batch], self.encoder.pad_id)
         try:
-            vectors, embed_s = await loop.run_in_executor(self._executor, self._forward, merged)
+            vectors, native, embed_s = await loop.run_in_executor(
+                self._executor, self._forward, merged
+            )
         except asyncio.CancelledError:
             for item in batch:
                 if not item.future.done():
@@ -240,14 +243,19 @@ class MicroBatcher:
             self.metrics.queue_seconds.observe(queue_s)
             if not item.future.done():
                 item.future.set_result(
-                    Embedded(vectors[row : row + n], queue_s, embed_s, len(batch))
+                    Embedded(
+                        vectors[row : row + n], queue_s, embed_s, len(batch), native[row : row + n]
+                    )
                 )
             row += n
 
-    def _forward(self, batch: TokenBatch) -> tuple[npt.NDArray[np.float32], float]:
+    def _forward(
+        self, batch: TokenBatch
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], float]:
+        """One ONNX run: the served vectors and the student's native ones (fused mode)."""
         started = time.perf_counter()
-        vectors = self.encoder.forward(batch)
-        return vectors, time.perf_counter() - started
+        vectors, native = self.encoder.forward_both(batch)
+        return vectors, native, time.perf_counter() - started
 
 
 def merge_token_batches(parts: list[TokenBatch], pad_id: int) -> TokenBatch:

@@ -64,6 +64,8 @@ HELP = {
     "oversample": "Default candidates per result when rescoring.",
     "rescore": "Default rescoring: auto, always or never.",
     "ef_search": "HNSW efSearch.",
+    "mode": "Default search mode: asymmetric, or fused (needs a bundle with a student view).",
+    "fused_weight": "Fused weight of the asymmetric cosine (default: the bundle's student view's).",
     "watch_current": "Reload by itself when `current` moves.",
     "served_model_name": "Model id in the OpenAI-compatible routes.",
     "log_level": "critical, error, warning, info or debug.",
@@ -127,6 +129,10 @@ def serve(
     oversample: Annotated[int | None, typer.Option("--oversample", help=HELP["oversample"])] = None,
     rescore: Annotated[str | None, typer.Option("--rescore", help=HELP["rescore"])] = None,
     ef_search: Annotated[int | None, typer.Option("--ef-search", help=HELP["ef_search"])] = None,
+    mode: Annotated[str | None, typer.Option("--mode", help=HELP["mode"])] = None,
+    fused_weight: Annotated[
+        float | None, typer.Option("--fused-weight", help=HELP["fused_weight"])
+    ] = None,
     watch_current: Annotated[
         bool | None, typer.Option("--watch-current/--no-watch-current", help=HELP["watch_current"])
     ] = None,

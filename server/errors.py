@@ -52,6 +52,12 @@ class UnknownVariant(InvalidRequest):
     error_type = "unknown_variant"
 
 
+class ModeUnavailable(InvalidRequest):
+    """A search mode this bundle cannot serve (fused without a student view)."""
+
+    error_type = "mode_unavailable"
+
+
 class ModelNotFound(ServerError):
     status_code = 404
     error_type = "model_not_found"

@@ -97,14 +97,14 @@ class Metrics:
         self.search_seconds = Histogram(
             "tandem_search_duration_seconds",
             "first-pass search time per request",
-            ["variant"],
+            ["variant", "mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.rescore_seconds = Histogram(
             "tandem_rescore_duration_seconds",
             "full-precision rescoring time per request",
-            ["variant"],
+            ["variant", "mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

@@ -21,8 +21,9 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 from tandem.bundle.format import BundleError, Document
-from tandem.bundle.search import Ranked, SearchPlan, search
-from tandem.bundle.variants import truncate_normalize
+from tandem.bundle.fused import FusedPlan, search_fused
+from tandem.bundle.search import Ranked, SearchPlan, SearchTarget, search
+from tandem.bundle.variants import VariantSpec, truncate_normalize
 from tandem.models.encoder import Encoder, EncoderError, TokenBatch
 from tandem.server.batching import Embedded, MicroBatcher, merge_token_batches
 from tandem.server.errors import (
@@ -30,6 +31,7 @@ from tandem.server.errors import (
     DeadlineExceeded,
     EmptyQuery,
     InvalidRequest,
+    ModeUnavailable,
     QueryTooLong,
     ServerError,
     UnknownVariant,
@@ -115,6 +117,12 @@ class SearchService:
             verify=verify,
             faiss_device=settings.faiss_device,
         )
+        if settings.mode == "fused" and loaded.student_target is None:
+            loaded.retire()
+            raise StartupCheckError(
+                f"--mode fused needs a student view: {loaded.fused_reason}; add one with "
+                f"`tandem index add-view {settings.bundle} --student {settings.student}`"
+            )
         try:
             warm_queries = encoder.encode([WARMUP_TEXT], "query")  # (1, dim); warms ONNX too
             warm(loaded, warm_queries)
@@ -206,13 +214,19 @@ class SearchService:
         texts, cut = self._check_texts(queries)
         if self.settings.log_queries:
             logger.info("search k=%d variant=%s queries=%r", options.k, options.variant, texts)
-        self._plan(self._loaded, options)  # refuse bad options before taking a slot
+        mode = options.mode or self.settings.mode
+        plan = self._plan(self._loaded, options)  # refuse bad options before taking a slot
+        if mode == "fused":
+            self._fused_plan(self._loaded, plan)
         with self.batcher.admission(len(texts)):
             tokens, truncated, tokenize_s = await self._tokenize(texts)
             embedded = await self.batcher.embed(tokens, deadline)
             loaded = self._loaded  # the bundle current now, after any swap
             plan = self._plan(loaded, options)
-            result = await self._run_funnel(loaded, embedded.vectors, plan, deadline)
+            fused = self._fused_plan(loaded, plan) if mode == "fused" else None
+            result = await self._run_funnel(
+                loaded, embedded.vectors, plan, deadline, fused, embedded.native
+            )
         total_s = time.perf_counter() - started
         return self._responses(
             plan,
@@ -222,6 +236,7 @@ class SearchService:
             tokenize_s,
             total_s,
             [a or b for a, b in zip(cut, truncated, strict=True)],
+            fused,
         )
 
     def _plan(self, loaded: LoadedBundle, options: SearchOptions) -> SearchPlan:
@@ -253,12 +268,35 @@ class SearchService:
             max_candidates=self.settings.max_candidates,
         )
 
+    def _fused_plan(self, loaded: LoadedBundle, plan: SearchPlan) -> FusedPlan:
+        """The fused plan: the student view's counterpart of the variant, and ``w``."""
+        target = loaded.student_target
+        if target is None:
+            raise ModeUnavailable(
+                f'"mode": "fused" needs a student view in the bundle: {loaded.fused_reason}; '
+                f"add one with `tandem index add-view {self.settings.bundle} "
+                f"--student {self.settings.student}` (then reload), or use "
+                '"mode": "asymmetric"'
+            )
+        variant = fused_student_variant(loaded.specs[plan.variant], loaded.dim, target)
+        if variant is None:
+            raise UnknownVariant(
+                f"the student view has no counterpart of variant {plan.variant!r}; "
+                f"it holds: {', '.join(target.specs)}"
+            )
+        weight = self.settings.fused_weight
+        if weight is None:
+            weight = loaded.fused_weight if loaded.fused_weight is not None else 0.5
+        return FusedPlan(plan, variant, weight)
+
     async def _run_funnel(
         self,
         loaded: LoadedBundle,
         queries: npt.NDArray[np.float32],
         plan: SearchPlan,
         deadline: float,
+        fused: FusedPlan | None = None,
+        native: npt.NDArray[np.float32] | None = None,
     ) -> Found:
         loaded.acquire()
 
@@ -266,6 +304,9 @@ class SearchService:
             # The lease is returned by the thread itself: if the request is
             # cancelled meanwhile, the bundle still cannot close under it.
             try:
+                target = loaded.fused_target
+                if fused is not None and target is not None and native is not None:
+                    return with_documents(loaded, search_fused(target, queries, native, fused))
                 return with_documents(loaded, search(loaded.target, queries, plan))
             finally:
                 loaded.release()
@@ -296,13 +337,15 @@ class SearchService:
         tokenize_s: float,
         total_s: float,
         truncated: list[bool],
+        fused: FusedPlan | None = None,
     ) -> list[SearchResponse]:
         m = self.metrics
         m.tokenize_seconds.observe(tokenize_s)
         ranked = result.ranked
-        m.search_seconds.labels(variant=plan.variant).observe(ranked.search_s)
+        mode = "fused" if fused is not None else "asymmetric"
+        m.search_seconds.labels(variant=plan.variant, mode=mode).observe(ranked.search_s)
         if ranked.rescored and ranked.rescore_s:
-            m.rescore_seconds.labels(variant=plan.variant).observe(ranked.rescore_s)
+            m.rescore_seconds.labels(variant=plan.variant, mode=mode).observe(ranked.rescore_s)
         timings = Timings(
             queue=embedded.queue_s * 1e3,
             tokenize=tokenize_s * 1e3,
@@ -325,6 +368,8 @@ class SearchService:
             out.append(
                 SearchResponse(
                     results=results,
+                    mode=mode,
+                    weight=fused.weight if fused is not None else None,
                     variant=plan.variant,
                     rescored=ranked.rescored,
                     stages=ranked.stages,
@@ -462,6 +507,20 @@ def _check_filter(equals: dict[str, FilterValue]) -> None:
             raise InvalidRequest(f"filter value of {key!r} is outside the 64-bit integer range")
         if isinstance(value, float) and not math.isfinite(value):
             raise InvalidRequest(f"filter value of {key!r} must be a finite number")
+
+
+def fused_student_variant(spec: VariantSpec, teacher_dim: int, view: SearchTarget) -> str | None:
+    """The student view's variant paired with a teacher variant: same kind, dims scaled.
+
+    Falls back to the view's variant of the same kind at its full dimension
+    (then to its exact float variant), so every served variant has a pair.
+    """
+    dim = max(1, round(spec.dim * view.dim / teacher_dim))
+    suffix = "-hnsw" if spec.hnsw else ""
+    for name in (f"{spec.kind}-{dim}{suffix}", f"{spec.kind}-{view.dim}", f"f32-{view.dim}"):
+        if name in view.specs:
+            return name
+    return None
 
 
 def _bundle_labels(loaded: LoadedBundle) -> dict[str, str]:
