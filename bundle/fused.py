@@ -48,7 +48,7 @@ class FusedTarget:
 
     @property
     def n_docs(self) -> int:
-        return self.teacher.n_docs
+        return int(self.teacher.n_docs)
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def _top(scores: Matrix, k: int) -> npt.NDArray[np.int64]:
 
 def _overlap(a: npt.NDArray[np.int64], b: npt.NDArray[np.int64]) -> float:
     hits = [np.intersect1d(x, y).size for x, y in zip(a, b, strict=True)]
-    return float(np.mean(hits)) / a.shape[1]
+    return float(np.mean(hits)) / float(a.shape[1])
 
 
 def agreement_curve(
@@ -67,7 +67,8 @@ def agreement_curve(
         rows = slice(start, start + _QUERY_CHUNK)
         asym = aligned_queries[rows] @ teacher_docs.T  # (chunk, m)
         student = native_queries[rows] @ student_docs.T  # (chunk, m)
-        reference = _top(0.5 * (teacher_queries[rows] @ teacher_docs.T + student), k)
+        ensemble = 0.5 * (teacher_queries[rows] @ teacher_docs.T + student)
+        reference = _top(ensemble.astype(np.float32), k)
         for w in grid:
             totals[w] += _overlap(_top(fuse(asym, student, w), k), reference) * len(asym)
     return {w: totals[w] / max(n, 1) for w in grid}

@@ -60,7 +60,7 @@ def label_free_weight(aligned: Encoder) -> float:
     native = aligned.full_card.native
     if native is None or native.fused_weight is None:
         return DEFAULT_WEIGHT
-    return native.fused_weight
+    return float(native.fused_weight)
 
 
 def student_variant(spec: VariantSpec, teacher_dim: int, student_dim: int) -> str:

@@ -289,13 +289,15 @@ def add_view(
                 build = _child_build(
                     parent, "add-view", added_view=STUDENT_VIEW, student=side.encoder.card.name
                 )
-                return _publish_child(
-                    stage,
-                    parent,
-                    parent.n_docs,
-                    dict(parent.manifest.variants),
-                    build,
-                    views={STUDENT_VIEW: info},
+                return Path(
+                    _publish_child(
+                        stage,
+                        parent,
+                        parent.n_docs,
+                        dict(parent.manifest.variants),
+                        build,
+                        views={STUDENT_VIEW: info},
+                    )
                 )
         finally:
             parent.close()
