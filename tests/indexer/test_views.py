@@ -67,9 +67,15 @@ def view_root(
     tmp_path_factory: pytest.TempPathFactory, teacher: Encoder, side: StudentSide
 ) -> Path:
     root = tmp_path_factory.mktemp("views") / "root"
-    build_bundle(docs(24), root, teacher, ["f32-768", "bin-768"],
-                 settings=EmbedSettings(checkpoint_every=8), student=side,
-                 student_variants=VIEW_VARIANTS)  # fmt: skip
+    build_bundle(
+        docs(24),
+        root,
+        teacher,
+        ["f32-768", "bin-768"],
+        settings=EmbedSettings(checkpoint_every=8),
+        student=side,
+        student_variants=VIEW_VARIANTS,
+    )
     return root
 
 
@@ -162,10 +168,21 @@ def test_build_killed_in_either_view_resumes_in_step(
     corpus = write_jsonl(tmp_path / "facts.jsonl", rows)
     root = tmp_path / "root"
     command = tandem_index(
-        "build", str(corpus), "--out", str(root), "--variants", "f32-768,bin-768",
-        "--student", str(aligned_student_dir), "--student-variants", ",".join(VIEW_VARIANTS),
-        "--checkpoint-every", "2", "--cache-dir", str(tmp_path / "cache"),
-    )  # fmt: skip
+        "build",
+        str(corpus),
+        "--out",
+        str(root),
+        "--variants",
+        "f32-768,bin-768",
+        "--student",
+        str(aligned_student_dir),
+        "--student-variants",
+        ",".join(VIEW_VARIANTS),
+        "--checkpoint-every",
+        "2",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     with open(tmp_path / "killed.log", "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
@@ -189,3 +206,35 @@ def test_build_killed_in_either_view_resumes_in_step(
         assert_in_step(bundle, teacher, student)
     student_cache = EmbeddingCache.for_encoder(student, root=tmp_path / "cache")
     assert len(student_cache) == 48  # each document embedded into the checkpoint store once
+
+
+def test_cli_add_view_then_add_embeds_both_views(
+    tmp_path: Path, teacher: Encoder, student: Encoder, aligned_student_dir: Path
+) -> None:
+    from tandem.indexer.cli import app
+    from typer.testing import CliRunner
+
+    root = tmp_path / "root"
+    build_bundle(docs(12), root, teacher, ["f32-768"])
+    runner = CliRunner()
+    added = runner.invoke(
+        app,
+        [
+            "add-view",
+            str(root),
+            "--student",
+            str(aligned_student_dir),
+            "--student-variants",
+            "bin-384",
+        ],
+    )
+    assert added.exit_code == 0, added.output
+    assert "student-bin-384" in added.output and "fused weight" in added.output
+    rows = [{"id": f"cli{i}", "text": f"A new document about topic {i}."} for i in range(3)]
+    more = runner.invoke(app, ["add", str(root), str(write_jsonl(tmp_path / "more.jsonl", rows))])
+    assert more.exit_code == 0, more.output
+    with open_bundle(root) as bundle:
+        assert bundle.n_docs == 15
+        assert_in_step(bundle, teacher, student)
+    again = runner.invoke(app, ["add-view", str(root), "--student", str(aligned_student_dir)])
+    assert again.exit_code == 1 and "already has a student view" in again.output
