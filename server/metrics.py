@@ -97,14 +97,21 @@ class Metrics:
         self.search_seconds = Histogram(
             "tandem_search_duration_seconds",
             "first-pass search time per request",
-            ["variant", "mode"],
+            ["variant"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.rescore_seconds = Histogram(
             "tandem_rescore_duration_seconds",
             "full-precision rescoring time per request",
-            ["variant", "mode"],
+            ["variant"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.mode_seconds = Histogram(
+            "tandem_search_mode_duration_seconds",
+            "search + rescoring time per request, by search mode (asymmetric, fused)",
+            ["mode"],
             buckets=LATENCY_BUCKETS,
             registry=r,
         )

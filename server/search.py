@@ -343,9 +343,10 @@ class SearchService:
         m.tokenize_seconds.observe(tokenize_s)
         ranked = result.ranked
         mode = "fused" if fused is not None else "asymmetric"
-        m.search_seconds.labels(variant=plan.variant, mode=mode).observe(ranked.search_s)
+        m.search_seconds.labels(variant=plan.variant).observe(ranked.search_s)
         if ranked.rescored and ranked.rescore_s:
-            m.rescore_seconds.labels(variant=plan.variant, mode=mode).observe(ranked.rescore_s)
+            m.rescore_seconds.labels(variant=plan.variant).observe(ranked.rescore_s)
+        m.mode_seconds.labels(mode=mode).observe(ranked.search_s + ranked.rescore_s)
         timings = Timings(
             queue=embedded.queue_s * 1e3,
             tokenize=tokenize_s * 1e3,

@@ -93,7 +93,8 @@ def test_fused_search_ranks_as_the_brute_force_reference(
         assert {v["name"] for v in view["variants"]} == {"student-f32-384", "student-bin-384"}
         assert info["fused_weight"] == view["fused_weight"]
         metrics = client.get("/metrics").text
-        assert 'mode="fused"' in metrics and 'mode="asymmetric"' in metrics
+        assert 'tandem_search_mode_duration_seconds_count{mode="fused"}' in metrics
+        assert 'tandem_search_mode_duration_seconds_count{mode="asymmetric"}' in metrics
 
 
 def test_fused_survives_a_hot_swap_with_new_documents(
