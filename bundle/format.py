@@ -7,6 +7,9 @@ One bundle version (a directory under ``ROOT/versions/``, see versions.py)::
     vectors.f16.npy     full-dim teacher vectors (or .f32), row i = internal id i
     docs.sqlite         internal id <-> external id, text, metadata
     variants/NAME.faiss one FAISS index per variant
+    views/VIEW/vectors.f16.npy, views/VIEW/variants/NAME.faiss
+                        optional second document spaces (the ``student`` view:
+                        the same rows embedded by the raw student, for fused scoring)
 
 A version is written into a hidden staging folder beside the others, made
 read-only, fsynced and renamed into place; only then does ``current`` move
@@ -64,6 +67,9 @@ __all__ = [
     "Manifest",
     "UnknownVariantError",
     "VariantInfo",
+    "ViewInfo",
+    "BundleView",
+    "STUDENT_VIEW",
     "current_version_dir",
     "list_versions",
     "open_bundle",
@@ -79,6 +85,8 @@ MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"
 DOCS = "docs.sqlite"
 VARIANTS_DIR = "variants"
+VIEWS_DIR = "views"
+STUDENT_VIEW = "student"
 VectorsDtype = Literal["f16", "f32"]
 NUMPY_DTYPES: dict[str, type[np.floating[Any]]] = {"f16": np.float16, "f32": np.float32}
 
@@ -92,6 +100,30 @@ class VariantInfo(BaseModel):
     ntotal: int
     build_seconds: float
     params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ViewInfo(BaseModel):
+    """A second document space over the same rows: vectors and variants of another encoder.
+
+    Row i of a view is document i of the bundle, always: every operation that
+    writes a version (build, add, delete) writes every view with it. The view
+    is bound to its encoder's fingerprint; ``fused_weight`` is the serving
+    weight of the asymmetric cosine in fused scoring (chosen without labels
+    at alignment time, or given), ``spec`` how the writer loads the encoder again.
+    """
+
+    encoder_name: str
+    fingerprint: str
+    spec: str
+    card: dict[str, Any]
+    dim: int
+    normalized: bool
+    vectors_dtype: VectorsDtype
+    vectors: str
+    variants: dict[str, VariantInfo]
+    fused_weight: float | None = None
+    fused_weight_source: str = ""
+    build: dict[str, Any] = Field(default_factory=dict)
 
 
 class Manifest(BaseModel):
@@ -116,6 +148,7 @@ class Manifest(BaseModel):
     files: dict[str, str]  # relative path -> sha256, every file but manifest.json/.sha256
     build: dict[str, Any] = Field(default_factory=dict)
     created_at: str
+    views: dict[str, ViewInfo] = Field(default_factory=dict)
 
 
 def vectors_file(dtype: VectorsDtype) -> str:
@@ -124,6 +157,14 @@ def vectors_file(dtype: VectorsDtype) -> str:
 
 def variant_file(name: str) -> str:
     return f"{VARIANTS_DIR}/{name}.faiss"
+
+
+def view_vectors_file(view: str, dtype: VectorsDtype) -> str:
+    return f"{VIEWS_DIR}/{view}/{vectors_file(dtype)}"
+
+
+def view_variant_file(view: str, name: str) -> str:
+    return f"{VIEWS_DIR}/{view}/{variant_file(name)}"
 
 
 # ---------------------------------------------------------------- writing
@@ -159,6 +200,26 @@ class BundleStage:
     def variant_path(self, name: str) -> Path:
         return self.dir / variant_file(name)
 
+    def view_vectors_path(self, view: str, dtype: VectorsDtype) -> Path:
+        path = self.dir / view_vectors_file(view, dtype)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def view_variant_path(self, view: str, name: str) -> Path:
+        path = self.dir / view_variant_file(view, name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def link_views(self, parent: Bundle) -> dict[str, ViewInfo]:
+        """Hardlink every view of the parent unchanged (checksums reused); their infos."""
+        sums = parent.manifest.files
+        for info in parent.manifest.views.values():
+            for rel in [info.vectors] + [v.file for v in info.variants.values()]:
+                dest = self.dir / rel
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self.adopt(parent.path / rel, dest, sums[rel])
+        return dict(parent.manifest.views)
+
     def relpath(self, path: Path) -> str:
         return path.relative_to(self.dir).as_posix()
 
@@ -185,9 +246,14 @@ class BundleStage:
             self.adopt(parent.path / rel, self.dir / rel, sums[rel])
 
     def variant_info(
-        self, name: str, ntotal: int, build_seconds: float, params: dict[str, Any]
+        self,
+        name: str,
+        ntotal: int,
+        build_seconds: float,
+        params: dict[str, Any],
+        view: str | None = None,
     ) -> VariantInfo:
-        path = self.variant_path(name)
+        path = self.variant_path(name) if view is None else self.view_variant_path(view, name)
         return VariantInfo(
             name=name,
             file=self.relpath(path),
@@ -210,6 +276,7 @@ class BundleStage:
         variants: dict[str, VariantInfo],
         build: dict[str, Any],
         students: Sequence[str] = (),
+        views: dict[str, ViewInfo] | None = None,
     ) -> Path:
         """Checksum, write the manifest, fsync, rename into ``versions/`` and move ``current``.
 
@@ -219,7 +286,10 @@ class BundleStage:
         for path in sorted(p for p in self.dir.rglob("*") if p.is_file()):
             rel = self.relpath(path)
             files[rel] = self._known.get(rel) or sha256_file(path)
+        views = views or {}
         expected = {vectors_file(vectors_dtype), DOCS} | {v.file for v in variants.values()}
+        for view in views.values():
+            expected |= {view.vectors} | {v.file for v in view.variants.values()}
         if set(files) != expected:
             raise BundleError(
                 f"internal error: staged files {sorted(files)} do not match "
@@ -241,6 +311,7 @@ class BundleStage:
             files=files,
             build=build,
             created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            views=views,
         )
         payload = (
             json.dumps(manifest.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
@@ -320,6 +391,8 @@ def _read_manifest(folder: Path, check_sum: bool = True) -> Manifest:
 def _check_paths(folder: Path, manifest: Manifest) -> None:
     """Refuse a manifest naming a file outside its version folder (``..``, absolute paths)."""
     named = list(manifest.files) + [info.file for info in manifest.variants.values()]
+    for view in manifest.views.values():
+        named += [view.vectors] + [info.file for info in view.variants.values()]
     for rel in named:
         path = PurePosixPath(rel)
         if not rel or path.is_absolute() or ".." in path.parts:
@@ -384,6 +457,14 @@ class Bundle:
             )
         self._indexes: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self.views = {
+            name: BundleView(self.path, name, info, self.n_docs)
+            for name, info in manifest.views.items()
+        }
+
+    def view(self, name: str = STUDENT_VIEW) -> BundleView | None:
+        """A second document space of this version, or None when it has none."""
+        return self.views.get(name)
 
     def _check_files(self) -> None:
         missing = [rel for rel in self.manifest.files if not (self.path / rel).is_file()]
@@ -474,12 +555,85 @@ class Bundle:
             + (self.path / MANIFEST_SUM).stat().st_size,
         }
         sizes.update({name: info.bytes for name, info in self.manifest.variants.items()})
+        for view in self.views.values():
+            sizes[f"{view.name}-vectors"] = view.vectors_file.stat().st_size
+            sizes.update({view.qualified(n): i.bytes for n, i in view.info.variants.items()})
         return sizes
 
     def close(self) -> None:
         with self._lock:
             self._indexes.clear()
+        for view in self.views.values():
+            view.close()
         self._docs.close()
+
+
+class BundleView:
+    """One view of a bundle version: its vectors (memory-mapped) and its variant indexes."""
+
+    def __init__(self, folder: Path, name: str, info: ViewInfo, n_docs: int) -> None:
+        self.path = Path(folder)
+        self.name = name
+        self.info = info
+        self.dim = info.dim
+        self.n_docs = n_docs
+        self.vectors_file = self.path / info.vectors
+        try:
+            self.vectors: np.ndarray[Any, Any] = np.load(self.vectors_file, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot map {self.vectors_file}: {exc}") from exc
+        expected = NUMPY_DTYPES[info.vectors_dtype]
+        if self.vectors.shape != (n_docs, info.dim) or self.vectors.dtype != expected:
+            raise BundleError(
+                f"{self.vectors_file} holds {self.vectors.shape} {self.vectors.dtype}, the "
+                f"manifest says ({n_docs}, {info.dim}) {np.dtype(expected)}: the {name} view is "
+                "out of step with the documents; the bundle is corrupt"
+            )
+        self._indexes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def qualified(self, variant: str) -> str:
+        """The variant's name with its view, e.g. ``student-bin-384``."""
+        return f"{self.name}-{variant}"
+
+    def variant_names(self) -> list[str]:
+        return list(self.info.variants)
+
+    def variant_path(self, name: str) -> Path:
+        return self.path / self.info.variants[name].file
+
+    def vector_rows(self) -> VectorFile:
+        return VectorFile(self.vectors_file)
+
+    def spec(self, name: str) -> VariantSpec:
+        if name not in self.info.variants:
+            raise UnknownVariantError(
+                f"variant {name!r} is not in the {self.name} view; "
+                f"available: {', '.join(self.variant_names())}"
+            )
+        return VariantSpec.parse(name, self.dim)
+
+    def index(self, name: str) -> Any:
+        """The FAISS index of one of the view's variants, loaded once (memory-mapped)."""
+        spec = self.spec(name)
+        with self._lock:
+            index = self._indexes.get(name)
+            if index is None:
+                try:
+                    index = read_index(spec, self.variant_path(name), mmap=True)
+                except RuntimeError as exc:
+                    raise BundleError(f"cannot load {self.qualified(name)}: {exc}") from exc
+                if index.ntotal != self.n_docs or index.d != spec.dim:
+                    raise BundleError(
+                        f"{self.qualified(name)} holds {index.ntotal} vectors of dim {index.d}, "
+                        f"expected {self.n_docs} of dim {spec.dim}: the bundle is corrupt"
+                    )
+                self._indexes[name] = index
+            return index
+
+    def close(self) -> None:
+        with self._lock:
+            self._indexes.clear()
 
 
 def open_root(root: Path) -> Bundle:

@@ -27,7 +27,7 @@ from tandem.evaluation.runner import (
 from tandem.models.artifacts import ArtifactError, ArtifactNotExported, resolve_artifact
 from tandem.models.encoder import Device, Encoder, EncoderError
 
-from tandem.data.beir import DatasetError, load_eval_set
+from tandem.data.beir import DatasetError, EvalSet, load_eval_set
 
 logger = logging.getLogger(__name__)
 console = Console()
@@ -188,8 +188,16 @@ def eval_command(
     collection: Annotated[
         str | None, typer.Option("--collection", help="Milvus alias the bundle was pushed under.")
     ] = None,
+    weight_split: Annotated[
+        str,
+        typer.Option(
+            "--weight-split",
+            help="Split whose judgments report the fused weight they would pick, beside the "
+            "label-free one ('' for none; never the evaluated split).",
+        ),
+    ] = "train",
 ) -> None:
-    """Evaluate teacher-symmetric, student-symmetric, asymmetric (and unaligned) retrieval.
+    """Evaluate teacher-symmetric, student-symmetric, asymmetric, fused (and unaligned) retrieval.
 
     Every embedding goes through the content-addressed cache, so the second run
     with the same inputs takes seconds.
@@ -210,10 +218,11 @@ def eval_command(
         variants=names, oversample=factors, latency_queries=latency_queries, ef_search=ef_search
     )
     remote = _milvus_backend(backend, milvus_uri, collection)
+    judged = _judged_split(dataset, weight_split, split) if students else None
     try:
         with _bundle_for_run(bundle) as opened:
             result = run_evaluation(
-                eval_set, teacher_encoder, students, config, opened, backend=remote
+                eval_set, teacher_encoder, students, config, opened, backend=remote, judged=judged
             )
     finally:
         if remote is not None:
@@ -233,6 +242,7 @@ def eval_command(
             ("--backend", backend if backend != "faiss" else None),
             ("--milvus-uri", milvus_uri),
             ("--collection", collection),
+            ("--weight-split", weight_split if weight_split != "train" else None),
             ("--out", out),
         ]
     )
@@ -246,6 +256,22 @@ def eval_command(
     if recommendation is not None:
         console.print(f"[bold]recommended:[/bold] {recommendation.describe()}")
     console.print(f"report: {out / 'report.md'}  ({time.perf_counter() - started:.1f} s)")
+
+
+def _judged_split(dataset: Path, weight_split: str, split: str) -> EvalSet | None:
+    """The split that reports the w judgments would pick; None when absent or the same split."""
+    if not weight_split or weight_split == split:
+        return None
+    if not (dataset / "qrels" / f"{weight_split}.tsv").exists():
+        logger.info(
+            "no %s judgments in %s: the judged fused weight is not reported", weight_split, dataset
+        )
+        return None
+    try:
+        return load_eval_set(dataset, weight_split)
+    except DatasetError as exc:
+        console.print(f"[yellow]{weight_split} split not usable for the weight: {exc}[/yellow]")
+        return None
 
 
 def align_report_command(

@@ -5,6 +5,9 @@ Modes (DESIGN.md, "The idea"):
 - student-symmetric: the raw student for both (what the small model does alone);
 - asymmetric: teacher documents, queries from a student aligned to this teacher
   (what tandem serves);
+- fused: an aligned student's one pass gives two query vectors, searching the
+  teacher's documents and the student's own view of them; scores are fused as
+  ``w·asym + (1−w)·student`` (``tandem.bundle.fused``);
 - asymmetric-unaligned: teacher documents, raw-student queries; only defined
   when the dimensions agree, and then it shows why alignment is needed.
 A mode that cannot run carries the reason instead of crashing the evaluation.
@@ -19,11 +22,14 @@ from typing import Literal
 from tandem.models.encoder import Encoder
 from tandem.models.pairing import PairingError, check_pair
 
-Mode = Literal["teacher-symmetric", "student-symmetric", "asymmetric", "asymmetric-unaligned"]
+Mode = Literal[
+    "teacher-symmetric", "student-symmetric", "asymmetric", "fused", "asymmetric-unaligned"
+]
 MODES: tuple[Mode, ...] = (
     "teacher-symmetric",
     "student-symmetric",
     "asymmetric",
+    "fused",
     "asymmetric-unaligned",
 )
 
@@ -51,11 +57,16 @@ def plan_modes(teacher: Encoder, students: Sequence[Encoder]) -> list[ModePlan]:
     for student in students:
         aligned = student.card.aligned_to
         if aligned is not None:
-            plans.append(
-                ModePlan("asymmetric", student, teacher, _asymmetric_reason(student, teacher))
-            )
+            reason = _asymmetric_reason(student, teacher)
+            plans.append(ModePlan("asymmetric", student, teacher, reason))
             if aligned.method == "upstream":  # a model in its own right, with published numbers
                 plans.append(ModePlan("student-symmetric", student, student))
+            if reason is None and student.full_card.native is None:
+                reason = (
+                    f"{student.name} has no native output (aligned by an older tandem): "
+                    "re-run `tandem models align` to get the two-output graph"
+                )
+            plans.append(ModePlan("fused", student, teacher, reason))
             continue
         plans.append(ModePlan("student-symmetric", student, student))
         reason = None

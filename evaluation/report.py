@@ -311,6 +311,73 @@ def results_lines(rows: Sequence[ResultRow], recommended: ResultRow | None) -> l
     return lines
 
 
+def fused_lines(result: EvalResult) -> list[str]:
+    """The four modes side by side (best row of each) and the fused weights."""
+    rows = ok_rows(result.rows)
+    if not any(r.mode == "fused" for r in rows):
+        return []
+    teacher = [
+        r
+        for r in rows
+        if r.mode == "teacher-symmetric"
+        and r.variant.startswith("f32-")
+        and "hnsw" not in r.variant
+        and not r.rescore
+    ]
+    base = teacher[0].ndcg_at_10 if teacher and teacher[0].ndcg_at_10 else None
+    lines = [
+        "## Modes at a glance",
+        "",
+        "Per mode and query encoder: exact full-dimension float search, and the smallest "
+        "funnel (binary first pass, rescored) for comparison. Fused rows count both views' "
+        "index bytes; each view's rescoring also reads its full-precision vectors from disk.",
+        "",
+        "| mode | queries | variant | nDCG@10 | × teacher | Recall@100 | index bytes/doc "
+        "| p50 ms | w |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    groups = list(dict.fromkeys((r.mode, r.query_encoder) for r in rows))
+    for mode, encoder in groups:
+        if mode == "asymmetric-unaligned":
+            continue
+        group = [r for r in rows if (r.mode, r.query_encoder) == (mode, encoder)]
+        exact = [
+            r
+            for r in group
+            if r.variant.startswith("f32-") and "hnsw" not in r.variant and not r.rescore
+        ]
+        binary = [
+            r
+            for r in group
+            if r.variant.startswith("bin-") and "hnsw" not in r.variant and r.rescore
+        ]
+        picks = exact[:1] + sorted(binary, key=lambda r: -_ndcg(r))[:1]
+        for r in picks:
+            ratio = f"{_ndcg(r) / base:.3f}" if base else "–"
+            weight = "" if r.weight is None else f"{r.weight:.1f}"
+            lines.append(
+                f"| {mode} | {encoder} | {r.label} | {_num(r.ndcg_at_10)} | {ratio} | "
+                f"{_num(r.recall_at_100)} | {_bytes(r.bytes_per_doc)} | {_num(r.latency_ms, 2)} "
+                f"| {weight} |"
+            )
+    lines.append("")
+    for w in result.weights:
+        agreement = ", ".join(f"{k}: {v:.3f}" for k, v in sorted(w.label_free_agreement.items()))
+        lines.append(
+            f"- **{w.student}**: label-free w = {w.label_free} (top-10 agreement with the "
+            f"symmetric ensemble on held-out pseudo-queries: {agreement or 'not recorded'})."
+        )
+        if w.judged is not None and w.judged_curve is not None:
+            curve = ", ".join(f"{k}: {v:.4f}" for k, v in sorted(w.judged_curve.items()))
+            lines.append(
+                f"  The {w.judged_split} split's judgments would pick w = {w.judged} "
+                f"(exact fused nDCG@10 on {w.judged_split}: {curve}); shown for comparison, "
+                "never used to choose the served w."
+            )
+    lines.append("")
+    return lines
+
+
 def write_markdown(
     result: EvalResult,
     path: Path,
@@ -351,6 +418,7 @@ def write_markdown(
             "vectors of their candidates from the bundle's memory-mapped vector file (on disk, "
             "not counted in index bytes).",
         ]
+    lines += ["", *fused_lines(result)]
     lines += ["", "## Quality against cost", ""]
     lines += [f"![{p.stem}]({p.name})" for p in plots]
     lines += [

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import faiss
 import numpy as np
@@ -33,6 +33,9 @@ from tandem.models.embedding_cache import EmbeddingCache, encode_cached
 from tandem.models.encoder import Encoder
 
 from tandem.data.beir import EvalSet
+
+if TYPE_CHECKING:
+    from tandem.evaluation.fused_eval import WeightReport
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,7 @@ class ResultRow:
     search_ms: float | None = None
     latency_ms: float | None = None
     bytes_per_doc: float | None = None
+    weight: float | None = None  # fused rows: w of the asymmetric cosine
     n_queries: int = 0
     n_docs: int = 0
 
@@ -108,6 +112,7 @@ class EvalResult:
     config: EvalConfig
     environment: dict[str, str] = field(default_factory=dict)
     encoders: dict[str, str] = field(default_factory=dict)  # name -> what it is, one line
+    weights: list[WeightReport] = field(default_factory=list)  # fused: label-free and judged w
 
 
 def request_plan(
@@ -157,6 +162,7 @@ class Evaluator:
         self._encode_ms: dict[str, float] = {}
         n_sample = min(config.latency_queries, len(eval_set.queries))
         self._sample = np.arange(n_sample)  # the first queries in id order: stable across runs
+        self.extra_sides: dict[str, DocSide] = {}  # e.g. the student side of fused rows
 
     def run(
         self, plans: Sequence[ModePlan], on_row: Callable[[ResultRow], None] | None = None
@@ -191,6 +197,10 @@ class Evaluator:
             row.status, row.note = "n/a", plan.reason
             logger.info("%s: not applicable: %s", plan.mode, plan.reason)
             return [row]
+        if plan.mode == "fused":
+            from tandem.evaluation.fused_eval import run_fused
+
+            return run_fused(self, plan)
         docs = self.doc_side(plan.doc_encoder)
         queries = self.query_vectors(plan.query_encoder)
         encode_ms = self.encode_ms(plan.query_encoder)
@@ -456,6 +466,7 @@ def run_evaluation(
     bundle: Bundle | None = None,
     on_row: Callable[[ResultRow], None] | None = None,
     backend: SearchBackend | None = None,
+    judged: EvalSet | None = None,
 ) -> EvalResult:
     """Evaluate every applicable mode × variant × rescoring setting on one split.
 
@@ -463,6 +474,8 @@ def run_evaluation(
     its teacher must be ``teacher``, which is checked by fingerprint. With a
     ``backend`` (Milvus, pushed from that bundle), the bundle side's searches
     go there instead of FAISS, so both tiers are scored by the same qrels.
+    ``judged`` (another split, e.g. train) is only used to report the fused
+    weight its judgments would pick, beside the label-free one.
     """
     if bundle is not None and bundle.manifest.teacher_fingerprint != teacher.card.fingerprint:
         raise BundleMismatchError(
@@ -484,7 +497,15 @@ def run_evaluation(
                 f"the Milvus collection holds {backend.manifest.n_docs} docs, "
                 f"the bundle {bundle.n_docs}: push this bundle version"
             )
-    rows = Evaluator(eval_set, config, bundle, backend).run(plans, on_row)
+    evaluator = Evaluator(eval_set, config, bundle, backend)
+    rows = evaluator.run(plans, on_row)
+    from tandem.evaluation.fused_eval import weight_report
+
+    weights = [
+        weight_report(evaluator, plan.query_encoder, teacher, judged)
+        for plan in plans
+        if plan.mode == "fused" and plan.reason is None
+    ]
     return EvalResult(
         rows=rows,
         dataset=eval_set.name,
@@ -494,4 +515,5 @@ def run_evaluation(
         config=config,
         environment=environment(),
         encoders={e.name: describe_encoder(e) for e in (teacher, *students)},
+        weights=weights,
     )

@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -59,12 +59,16 @@ from tandem.data.corpus import CorpusStats, Doc, as_docs
 from tandem.errors import DataError
 from tandem.home import stable_hash, write_json_atomic
 
+if TYPE_CHECKING:
+    from tandem.indexer.views import StudentSide
+
 logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 STATE_FILE = "state.json"
 WORK_DOCS = "docs.sqlite"
 WORK_VECTORS = "vectors.npy"
+WORK_STUDENT_VECTORS = "student.vectors.npy"
 DEFAULT_CHECKPOINT_EVERY = 256  # docs; at most this many are re-embedded after a crash
 DEFAULT_BATCH_TOKENS = 16384
 DEFAULT_MAX_BATCH = 128
@@ -154,6 +158,8 @@ class BuildState:
     corpus_stats: dict[str, Any] = field(default_factory=dict)
     chunks_done: int = 0
     embed_seconds: float = 0.0
+    student_chunks_done: int = 0  # the student view, embedded after the teacher
+    student_embed_seconds: float = 0.0
     resumed: int = 0
     published: str | None = None
     vectors_filled: bool = False  # engine builds: the shards are loaded into the vectors file
@@ -273,8 +279,14 @@ def build_bundle(
     corpus_stats: CorpusStats | None = None,
     students: Sequence[str] = (),
     engine: EmbeddingEngine | None = None,
+    student: StudentSide | None = None,
+    student_variants: Sequence[str] | None = None,
+    student_cache: EmbeddingCache | None = None,
 ) -> Path:
     """Embed ``docs`` with the teacher and publish a new bundle version under ``root``.
+
+    With ``student``, the documents are also embedded by it into the student
+    view (after the teacher, checkpointed the same way), for fused scoring.
 
     Returns the published version directory. ``cache`` defaults to the
     teacher's shared embedding cache (``use_cache=False`` disables it; resume
@@ -299,6 +311,14 @@ def build_bundle(
     }
     if engine is not None:
         identity["embedding"] = engine.identity()
+    if student is not None:
+        from tandem.indexer.views import default_view_variants
+
+        identity["student"] = teacher_identity(student.encoder)
+        student_specs = parse_variants(
+            list(student_variants or default_view_variants(student.encoder.dim)),
+            student.encoder.dim,
+        )
     key = stable_hash(identity)
     with root_lock(root):
         work = work_dir(root)
@@ -322,6 +342,10 @@ def build_bundle(
             if use_cache and cache is None:
                 cache = EmbeddingCache.for_encoder(teacher)
             _embed(work, state, teacher, cache, settings, progress)
+        if student is not None:
+            if use_cache and student_cache is None:
+                student_cache = EmbeddingCache.for_encoder(student.encoder)
+            _embed_student(work, state, student, vectors_dtype, student_cache, settings, progress)
         stage_settings = asdict(settings) | {"checkpoint_every": state.checkpoint_every}
         if engine is not None:
             stage_settings["embedding"] = engine.identity()
@@ -330,6 +354,24 @@ def build_bundle(
             stage.adopt(work / WORK_VECTORS, stage.vectors_path(vectors_dtype))
             with VectorFile(stage.vectors_path(vectors_dtype)) as vectors:
                 infos = build_variants(stage, specs, vectors, progress)
+            views = {}
+            if student is not None:
+                from tandem.bundle.format import STUDENT_VIEW
+                from tandem.indexer.views import build_view_variants, view_info
+
+                path = stage.view_vectors_path(STUDENT_VIEW, vectors_dtype)
+                stage.adopt(work / WORK_STUDENT_VECTORS, path)
+                with VectorFile(path) as student_vectors:
+                    view_variants = build_view_variants(
+                        stage, student_specs, student_vectors, progress
+                    )
+                views[STUDENT_VIEW] = view_info(
+                    stage,
+                    student,
+                    vectors_dtype,
+                    view_variants,
+                    {"embed_seconds": round(state.student_embed_seconds, 3)},
+                )
             published = stage.publish(
                 teacher_name=teacher.card.name,
                 teacher_fingerprint=teacher.card.fingerprint,
@@ -352,6 +394,7 @@ def build_bundle(
                     "tandem_version": tandem_version(),
                 },
                 students=students,
+                views=views,
             )
         state.published = published.name
         state.save(work)
@@ -499,3 +542,53 @@ def _embed_with(
     state.vectors_filled = True
     state.embed_seconds += time.perf_counter() - started
     state.save(work)
+
+
+def _embed_student(
+    work: Path,
+    state: BuildState,
+    student: StudentSide,
+    dtype: VectorsDtype,
+    cache: EmbeddingCache | None,
+    settings: EmbedSettings,
+    progress: Progress,
+) -> None:
+    """The student view's rows, checkpointed like the teacher's (``student_chunks_done``)."""
+    every = state.checkpoint_every
+    settings = EmbedSettings(every, settings.batch_tokens, settings.max_batch)
+    n_chunks = math.ceil(state.n_docs / every)
+    progress.phase(
+        f"embedding ({student.encoder.name}, student view)",
+        total=state.n_docs,
+        done=min(state.n_docs, state.student_chunks_done * every),
+    )
+    if state.student_chunks_done >= n_chunks:
+        return
+    path = work / WORK_STUDENT_VECTORS
+    if not path.exists() or state.student_chunks_done == 0:
+        create_vectors(path, state.n_docs, student.encoder.dim, dtype).close()
+    out = VectorFile(path, writable=True)
+    reader = DocReader(work / WORK_DOCS)
+    started = time.perf_counter()
+    base_seconds = state.student_embed_seconds
+
+    def checkpoint(chunks_done: int) -> None:
+        state.student_chunks_done = chunks_done
+        state.student_embed_seconds = base_seconds + time.perf_counter() - started
+        state.save(work)
+
+    try:
+        embed_rows(
+            student.encoder,
+            lambda rows: reader.texts(rows.tolist()),
+            length_order(work / WORK_DOCS),
+            out,
+            cache,
+            settings,
+            progress,
+            first_chunk=state.student_chunks_done,
+            on_checkpoint=checkpoint,
+        )
+    finally:
+        reader.close()
+        out.close()

@@ -16,7 +16,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from tandem.bundle.format import BundleError, open_bundle, open_root, verify_bundle
+from tandem.bundle.format import STUDENT_VIEW, BundleError, open_bundle, open_root, verify_bundle
 from tandem.bundle.variants import VariantError, VariantSpec, parse_variants
 from tandem.indexer.build import (
     DEFAULT_BATCH_TOKENS,
@@ -29,6 +29,7 @@ from tandem.indexer.build import (
     build_bundle,
 )
 from tandem.indexer.update import add_documents, add_variants, delete_documents
+from tandem.indexer.views import StudentSide, add_view, student_side
 from tandem.models.artifacts import ArtifactError, ArtifactNotExported, resolve_artifact
 from tandem.models.card import ModelCard
 from tandem.models.embedding_cache import EmbeddingCache
@@ -206,6 +207,29 @@ CacheDir = Annotated[
     ),
 ]
 Root = Annotated[Path, typer.Argument(help="Bundle root.")]
+StudentOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--student",
+        help="Also embed the documents with this student (raw or aligned): the student view "
+        "that fused scoring searches.",
+    ),
+]
+StudentVariants = Annotated[
+    str | None,
+    typer.Option(
+        "--student-variants",
+        help="Student view variants, e.g. f32-384,bin-384 (default: f32, int8 and bin at its dim).",
+    ),
+]
+FusedWeight = Annotated[
+    float | None,
+    typer.Option(
+        "--fused-weight",
+        help="Weight of the asymmetric cosine in fused scoring (default: the aligned "
+        "student's label-free choice, else 0.5).",
+    ),
+]
 BundlePath = Annotated[Path, typer.Argument(help="Bundle root or version directory.")]
 
 
@@ -290,8 +314,15 @@ def build(
             "assemble the bundle from them instead of running the teacher.",
         ),
     ] = None,
+    student: StudentOpt = None,
+    student_variants: StudentVariants = None,
+    fused_weight: FusedWeight = None,
 ) -> None:
-    """Embed a corpus with the teacher and publish a verified bundle version."""
+    """Embed a corpus with the teacher and publish a verified bundle version.
+
+    With --student, the documents are embedded by the student too (the student
+    view, for `"mode": "fused"`).
+    """
     root = out_root or default_root(corpus)
     hint = f"run the same command with --resume to continue ({root})"
     with user_errors(hint):
@@ -318,6 +349,7 @@ def build(
                 encoder, ray_address, actors, cpus_per_actor, gpus_per_actor, shard_size, retries,
                 EmbedSettings(checkpoint_every, batch_tokens, max_batch),
             )  # fmt: skip
+        side = load_student(student, fused_weight) if student else None
         with rich_progress() as progress:
             version_dir = build_bundle(
                 docs,
@@ -334,6 +366,9 @@ def build(
                 corpus_info=info,
                 corpus_stats=stats,
                 engine=chosen,
+                student=side,
+                student_variants=_names(student_variants),
+                student_cache=_student_cache(side, no_cache, cache_dir),
             )
         report_stats(stats)
         if verify_after:
@@ -410,6 +445,8 @@ def add(
             built = current.manifest.build.get("teacher") or {}
             precision = precision or built.get("precision", "fp32")
             old_version = current.version
+            view = current.manifest.views.get(STUDENT_VIEW)
+        side = load_student(view.spec, view.fused_weight) if view is not None else None
         fields = text_fields(id_field, text_field, title_field, template)
         stats = CorpusStats()
         docs = read_corpus(corpus, fields, _format(fmt), skip_bad, dedupe, stats)
@@ -427,6 +464,8 @@ def add(
                 progress=progress,
                 corpus_info=corpus_info(corpus, fields, fmt, skip_bad),
                 corpus_stats=stats,
+                student=side,
+                student_cache=_student_cache(side, no_cache, cache_dir),
             )
         report_stats(stats)
         if version_dir.name == old_version:
@@ -477,6 +516,66 @@ def add_variant(
         with rich_progress() as progress:
             version_dir = add_variants(root, variants, progress=progress)
         _print_info(version_dir, f"published {version_dir}")
+
+
+@app.command("add-view")
+def add_view_command(
+    root: Root,
+    student: Annotated[
+        str,
+        typer.Option(
+            "--student",
+            help="Student spec: the raw student, or a student aligned to this bundle's teacher "
+            "(its native output is used, and its label-free fused weight is stored).",
+        ),
+    ],
+    variants: StudentVariants = None,
+    fused_weight: FusedWeight = None,
+    checkpoint_every: CheckpointEvery = DEFAULT_CHECKPOINT_EVERY,
+    batch_tokens: BatchTokens = DEFAULT_BATCH_TOKENS,
+    max_batch: MaxBatch = DEFAULT_MAX_BATCH,
+    no_cache: NoCache = False,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Embed every document with the student too and publish a version with a student view."""
+    with user_errors("re-run the same command: committed chunks come from the embedding cache"):
+        side = load_student(student, fused_weight)
+        cache = None if no_cache else EmbeddingCache.for_encoder(side.encoder, root=cache_dir)
+        with rich_progress() as progress:
+            version_dir = add_view(
+                root,
+                side,
+                _names(variants),
+                settings=EmbedSettings(checkpoint_every, batch_tokens, max_batch),
+                cache=cache,
+                use_cache=not no_cache,
+                progress=progress,
+            )
+        _print_info(version_dir, f"published {version_dir}")
+
+
+def load_student(spec: str, weight: float | None) -> StudentSide:
+    """The student of a view, from a spec (raw or aligned student)."""
+    side = student_side(spec, _artifact(spec), weight)
+    say(
+        stdout(),
+        "student view: ",
+        f"{side.encoder.name} ({side.encoder.card.fingerprint[:12]}), fused weight "
+        f"{side.fused_weight:g} ({side.weight_source})",
+    )
+    return side
+
+
+def _student_cache(
+    side: StudentSide | None, no_cache: bool, cache_dir: Path | None
+) -> EmbeddingCache | None:
+    if side is None or no_cache:
+        return None
+    return EmbeddingCache.for_encoder(side.encoder, root=cache_dir)
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
 
 
 @app.command()
@@ -603,11 +702,27 @@ def _print_info(path: Path, title: str | None) -> None:
                 _human(v.bytes),
                 f"{v.build_seconds:.1f}",
             )
+        for view in bundle.views.values():
+            for name, v in view.info.variants.items():
+                spec = VariantSpec.parse(name, view.dim)
+                structure = "hnsw" if spec.hnsw else ("ivf-pq" if spec.kind == "ivfpq" else "flat")
+                cells = (f"{v.ntotal:,}", f"{v.bytes / n:,.1f}", _human(v.bytes))
+                table.add_row(view.qualified(name), structure, *cells, f"{v.build_seconds:.1f}")
+            size = sizes[f"{view.name}-vectors"]
+            label = f"{view.name} vectors {view.info.vectors_dtype}"
+            table.add_row(label, "npy", f"{m.n_docs:,}", f"{size / n:,.1f}", _human(size), "")
         for label, key, kind in ((f"vectors {m.vectors_dtype}", "vectors", "npy"),
                                  ("documents", "docs", "sqlite")):  # fmt: skip
             size = sizes[key]
             table.add_row(label, kind, f"{m.n_docs:,}", f"{size / n:,.1f}", _human(size), "")
         stdout().print(table)
+        for view in bundle.views.values():
+            say(
+                stdout(),
+                f"{view.name} view: ",
+                f"{view.info.encoder_name} ({view.info.fingerprint[:12]}), dim {view.dim}, "
+                f"fused weight {view.info.fused_weight:g} ({view.info.fused_weight_source})",
+            )
         say(stdout(), "total ", _human(sum(sizes.values())))
 
 

@@ -28,9 +28,11 @@ from typing import Any
 import numpy as np
 from tandem.bundle.docstore import DocReader, DocWriter, DuplicateIdError, copy_subset, length_order
 from tandem.bundle.format import (
+    STUDENT_VIEW,
     Bundle,
     BundleStage,
     VariantInfo,
+    ViewInfo,
     create_vectors,
     open_root,
     root_lock,
@@ -54,6 +56,13 @@ from tandem.indexer.build import (
     embed_rows,
     tandem_version,
     teacher_identity,
+)
+from tandem.indexer.views import (
+    StudentSide,
+    check_student,
+    compact_view,
+    embed_view,
+    extend_view,
 )
 from tandem.models.embedding_cache import EmbeddingCache
 from tandem.models.encoder import Encoder
@@ -107,6 +116,7 @@ def _publish_child(
     n_docs: int,
     variants: dict[str, VariantInfo],
     build: dict[str, Any],
+    views: dict[str, ViewInfo] | None = None,
 ) -> Path:
     m = parent.manifest
     return stage.publish(
@@ -120,6 +130,7 @@ def _publish_child(
         variants={name: variants[name] for name in variants},
         build=build,
         students=m.students,
+        views=views if views is not None else {},
     )
 
 
@@ -135,12 +146,16 @@ def add_documents(
     progress: Progress | None = None,
     corpus_info: dict[str, Any] | None = None,
     corpus_stats: CorpusStats | None = None,
+    student: StudentSide | None = None,
+    student_cache: EmbeddingCache | None = None,
 ) -> Path:
     """Publish a version with ``docs`` appended; only they are embedded.
 
     Ids already in the bundle are an error unless ``dedupe`` (then they are
     skipped). With nothing new to add, the current version is returned as is.
     An interrupted add is simply re-run: committed chunks come from the cache.
+    A bundle with a student view needs ``student``: new documents are embedded
+    in both views, so their rows stay in step.
     """
     settings = settings or EmbedSettings()
     progress = progress or NoProgress()
@@ -151,6 +166,15 @@ def add_documents(
         parent = open_root(root)
         try:
             _check_teacher(parent, teacher)
+            view = parent.view(STUDENT_VIEW)
+            if view is not None:
+                if student is None:
+                    raise BuildError(
+                        f"bundle {parent.version} has a student view by "
+                        f"{view.info.encoder_name}: new documents must be embedded by it too "
+                        f"(pass --student {view.info.spec})"
+                    )
+                check_student(view.info, student.encoder)
             with BundleStage(root) as stage:
                 n_total, skipped = _append_docs(stage, parent, docs, dedupe, progress)
                 if n_total == parent.n_docs:
@@ -173,6 +197,23 @@ def add_documents(
                         )
                     embed_seconds = time.perf_counter() - started
                     infos = _extend_variants(stage, parent, vectors, progress)
+                views: dict[str, ViewInfo] = {}
+                if view is not None and student is not None:
+                    if use_cache and student_cache is None:
+                        student_cache = EmbeddingCache.for_encoder(student.encoder)
+                    student_vectors = embed_view(
+                        stage,
+                        student,
+                        n_total,
+                        view.info.vectors_dtype,
+                        settings,
+                        student_cache,
+                        progress,
+                        copy_from=parent,
+                    )
+                    with student_vectors:
+                        view_variants = extend_view(stage, parent, student_vectors, progress)
+                    views[STUDENT_VIEW] = view.info.model_copy(update={"variants": view_variants})
                 stats = asdict(corpus_stats) if corpus_stats else {}
                 build = _child_build(
                     parent,
@@ -182,7 +223,7 @@ def add_documents(
                     embed_seconds=round(embed_seconds, 3),
                     added_by=teacher_identity(teacher),
                 )
-                return _publish_child(stage, parent, n_total, infos, build)
+                return _publish_child(stage, parent, n_total, infos, build, views)
         finally:
             parent.close()
 
@@ -294,10 +335,11 @@ def delete_documents(
                         progress.advance(int(rows.size))
                     specs = [parent.spec(name) for name in parent.variant_names()]
                     infos = build_variants(stage, specs, out, progress)
+                views = compact_view(stage, parent, keep, progress)
                 build = _child_build(
                     parent, "delete", n_deleted=int(drop.size), n_unknown_ignored=len(unknown)
                 )
-                return _publish_child(stage, parent, int(keep.size), infos, build)
+                return _publish_child(stage, parent, int(keep.size), infos, build, views)
         finally:
             parent.close()
 
@@ -322,10 +364,11 @@ def add_variants(
                 )
             with BundleStage(root) as stage:
                 stage.link_unchanged(parent, parent.variant_names())
+                views = stage.link_views(parent)
                 infos = dict(parent.manifest.variants)
                 with parent.vector_rows() as vectors:
                     infos.update(build_variants(stage, specs, vectors, progress))
                 build = _child_build(parent, "add-variant", added_variants=[s.name for s in specs])
-                return _publish_child(stage, parent, parent.n_docs, infos, build)
+                return _publish_child(stage, parent, parent.n_docs, infos, build, views)
         finally:
             parent.close()

@@ -49,6 +49,26 @@ class QuantizedFile(BaseModel):
     settings: dict[str, object] = Field(default_factory=dict)
 
 
+class NativeOutput(BaseModel):
+    """An aligned student's second graph output: its own pooled vector, before the adapter.
+
+    One forward pass gives both the teacher-space query vector and this native
+    one, which searches a bundle's student view (fused scoring). Its
+    ``weights_sha256`` makes ``ModelCard.native_card().fingerprint`` equal the raw
+    student's fingerprint when the encoder was not retrained (a ridge adapter),
+    so student views built by the raw student serve it. ``fused_weight`` is the
+    label-free weight of the asymmetric cosine chosen at alignment time.
+    """
+
+    name: str
+    dim: int
+    weights_sha256: str
+    fused_weight: float | None = None
+    fused_agreement: dict[str, float] = Field(
+        default_factory=dict, description="w -> top-10 agreement with the symmetric ensemble"
+    )
+
+
 class ModelCard(BaseModel):
     """Everything needed to run an ONNX encoder artifact and to know what it is."""
 
@@ -70,6 +90,7 @@ class ModelCard(BaseModel):
     parity_min_cosine: float | None = None
     int8: QuantizedFile | None = None
     aligned_to: Alignment | None = None
+    native: NativeOutput | None = None
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
 
     @property
@@ -84,6 +105,20 @@ class ModelCard(BaseModel):
             document_prefix=self.document_prefix,
             dim=self.dim,
             max_length=self.max_length,
+        )
+
+    def native_card(self) -> ModelCard:
+        """The card of the native output (the encoder itself when it has only one output)."""
+        if self.native is None:
+            return self
+        return self.model_copy(
+            update={
+                "name": self.native.name,
+                "dim": self.native.dim,
+                "weights_sha256": self.native.weights_sha256,
+                "aligned_to": None,
+                "native": None,
+            }
         )
 
     def precisions(self) -> list[Precision]:

@@ -29,6 +29,8 @@ TextKind = Literal["query", "document"]
 Device = Literal["auto", "cpu", "cuda"]
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embedding"
+NATIVE_OUTPUT = "native_embedding"  # an aligned student's own pooled vector (fused scoring)
+Output = Literal["embedding", "native"]
 
 
 class EncoderError(ModelError):
@@ -114,14 +116,27 @@ class Encoder:
         precision: Precision = "fp32",
         device: Device = "auto",
         threads: int | None = None,
+        output: Output = "embedding",
         *,
         spinning: bool = True,
     ) -> None:
+        """``output="native"`` runs an aligned student as its own native encoder.
+
+        Its card is then the native output's (name, dim, fingerprint), so caches,
+        bundles and evaluations see a plain encoder; a one-output model is its
+        own native encoder.
+        """
         folder = Path(folder)
         if not (folder / "card.json").exists():
             raise EncoderError(f"{folder} is not an encoder artifact (no card.json)")
         self.folder = folder
-        self.card = ModelCard.load(folder)
+        self.full_card = ModelCard.load(folder)
+        self.output_name = OUTPUT_NAME
+        self.card = self.full_card
+        if output == "native":
+            self.card = self.full_card.native_card()
+            if self.full_card.native is not None:
+                self.output_name = NATIVE_OUTPUT
         self.precision: Precision = precision
         if precision == "int8":
             if self.card.int8 is None:
@@ -160,6 +175,11 @@ class Encoder:
     @property
     def name(self) -> str:
         return self.card.name
+
+    @property
+    def native_card(self) -> ModelCard:
+        """The card of the native vector ``forward_both`` returns second."""
+        return self.full_card.native_card()
 
     def prefixed(self, texts: Sequence[str], kind: TextKind) -> list[str]:
         prefix = self.card.query_prefix if kind == "query" else self.card.document_prefix
@@ -202,14 +222,34 @@ class Encoder:
         """One ONNX run; returns L2-normalized embeddings (n, dim)."""
         if batch.size == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
+        (out,) = self._run([self.output_name], batch)
+        return out
+
+    def forward_both(
+        self, batch: TokenBatch
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]:
+        """One ONNX run, two vectors: (main output (n, dim), native output (n, native dim)).
+
+        For an aligned student these are the teacher-space and the student's own
+        vector; a one-output model returns its vector twice.
+        """
+        if batch.size == 0:
+            empty = np.zeros((0, self.dim), dtype=np.float32)
+            return empty, np.zeros((0, self.native_card.dim), dtype=np.float32)
+        if self.full_card.native is None:
+            (out,) = self._run([OUTPUT_NAME], batch)
+            return out, out
+        main, native = self._run([OUTPUT_NAME, NATIVE_OUTPUT], batch)
+        return main, native
+
+    def _run(self, names: list[str], batch: TokenBatch) -> list[npt.NDArray[np.float32]]:
         try:
-            (out,) = self.session.run(
-                [OUTPUT_NAME],
-                {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask},
+            outs = self.session.run(
+                names, {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
             )
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise EncoderError(f"{self.card.name}: ONNX run failed: {exc}") from exc
-        return np.asarray(out, dtype=np.float32)
+        return [np.asarray(out, dtype=np.float32) for out in outs]
 
     def encode(
         self,

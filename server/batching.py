@@ -63,19 +63,24 @@ class Embedded:
     embed_s: float
     batch_size: int
     output: Any = None  # what the stage returned for this request (None without a job)
+    native: npt.NDArray[np.float32] | None = None  # (n_texts, native dim) from the same pass
 
 
 class StageRun(Protocol):
     """The work that follows the forward pass for one batch; runs in the worker thread.
 
     Called with each request's job (None for requests without one) and its
-    vectors; returns one output per request, or an exception for a request
-    that failed. ``close`` is always called once, after the call or instead
-    of it when the forward pass failed.
+    vectors, served and native (one forward pass gives both); returns one
+    output per request, or an exception for a request that failed. ``close``
+    is always called once, after the call or instead of it when the forward
+    pass failed.
     """
 
     def __call__(
-        self, jobs: Sequence[Any], vectors: Sequence[npt.NDArray[np.float32]]
+        self,
+        jobs: Sequence[Any],
+        vectors: Sequence[npt.NDArray[np.float32]],
+        native: Sequence[npt.NDArray[np.float32]],
     ) -> list[Any]: ...
 
     def close(self) -> None: ...
@@ -102,6 +107,7 @@ class _Ran:
     embed_s: float
     outputs: list[Any]
     padded_tokens: int
+    native: npt.NDArray[np.float32]
 
 
 class MicroBatcher:
@@ -294,7 +300,12 @@ class MicroBatcher:
                 else:
                     item.future.set_result(
                         Embedded(
-                            ran.vectors[row : row + n], queue_s, ran.embed_s, len(batch), output
+                            ran.vectors[row : row + n],
+                            queue_s,
+                            ran.embed_s,
+                            len(batch),
+                            output,
+                            ran.native[row : row + n],
                         )
                     )
             row += n
@@ -304,34 +315,42 @@ class MicroBatcher:
         try:
             started = time.perf_counter()
             rows = [r for item in batch for r in item.rows.ids]
-            vectors, padded = self._forward(rows)
+            vectors, native, padded = self._forward(rows)
             embed_s = time.perf_counter() - started
             outputs: list[Any] = [None] * len(batch)
             if stage is not None:
                 bounds = np.cumsum([0] + [i.rows.size for i in batch])
                 per_item = [vectors[bounds[j] : bounds[j + 1]] for j in range(len(batch))]
+                per_native = [native[bounds[j] : bounds[j + 1]] for j in range(len(batch))]
                 try:
-                    outputs = stage(jobs, per_item)
+                    outputs = stage(jobs, per_item, per_native)
                 except TandemError as exc:
                     outputs = [exc] * len(batch)
-            return _Ran(vectors, embed_s, outputs, padded)
+            return _Ran(vectors, embed_s, outputs, padded, native)
         finally:
             if stage is not None:
                 stage.close()
 
-    def _forward(self, rows: list[npt.NDArray[np.int64]]) -> tuple[npt.NDArray[np.float32], int]:
-        """One ONNX run over all rows, or two length-sorted runs when that saves padding."""
+    def _forward(
+        self, rows: list[npt.NDArray[np.int64]]
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], int]:
+        """One ONNX run over all rows, or two length-sorted runs when that saves padding.
+
+        Each run yields the served vectors and the student's native ones (fused mode).
+        """
         groups = split_by_length([len(r) for r in rows])
         if len(groups) == 1:
             merged = self.encoder.pad_rows(rows)
-            return self.encoder.forward(merged), merged.padded_tokens
+            vectors, native = self.encoder.forward_both(merged)
+            return vectors, native, merged.padded_tokens
         out = np.empty((len(rows), self.encoder.dim), dtype=np.float32)
+        out_native = np.empty((len(rows), self.encoder.native_card.dim), dtype=np.float32)
         padded = 0
         for group in groups:
             merged = self.encoder.pad_rows([rows[i] for i in group])
-            out[group] = self.encoder.forward(merged)
+            out[group], out_native[group] = self.encoder.forward_both(merged)
             padded += merged.padded_tokens
-        return out, padded
+        return out, out_native, padded
 
 
 def split_by_length(lengths: Sequence[int]) -> list[list[int]]:

@@ -29,6 +29,7 @@ class SearchOptions:
     oversample: int | None = None  # None: the server's default
     filter: dict[str, FilterValue] | None = None
     fields: frozenset[HitField] = ALL_FIELDS  # what each hit carries
+    mode: Literal["asymmetric", "fused"] | None = None  # None: the server's default mode
 
     @property
     def needs_documents(self) -> bool:
@@ -68,6 +69,8 @@ class QueryResult:
     stages: list[str]
     truncated: bool  # the query was cut (characters or tokens) before embedding
     timings: StageTimings = field(default_factory=StageTimings)
+    mode: str = "asymmetric"
+    weight: float | None = None  # fused: w of the asymmetric cosine
 
 
 @dataclass(frozen=True)

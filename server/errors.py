@@ -44,6 +44,7 @@ __all__ = [
     "EncoderFailure",
     "IndexUnavailable",
     "InvalidRequest",
+    "ModeUnavailable",
     "ModelNotFound",
     "NotReady",
     "Overloaded",
@@ -69,6 +70,12 @@ class QueryTooLong(InvalidRequest):
 
 class UnknownVariant(InvalidRequest):
     pass
+
+
+class ModeUnavailable(InvalidRequest):
+    """A search mode this bundle cannot serve (fused without a student view)."""
+
+    code = "mode_unavailable"
 
 
 class ModelNotFound(NotFound):

@@ -10,6 +10,41 @@ from tandem.bundle.placement import faiss_gpus
 from tandem.server.search import SearchService
 
 
+def fused_info(service: SearchService) -> dict[str, Any]:
+    """The search modes: the default, and the fused weight and student view when available."""
+    loaded = service.loaded
+    views = []
+    for name, view in loaded.bundle.views.items():
+        views.append(
+            {
+                "name": name,
+                "encoder": view.info.encoder_name,
+                "fingerprint": view.info.fingerprint,
+                "dim": view.dim,
+                "variants": [
+                    {
+                        "name": view.qualified(v),
+                        "bytes": info.bytes,
+                        "device": loaded.student_devices.get(v),
+                    }
+                    for v, info in view.info.variants.items()
+                ],
+                "fused_weight": view.info.fused_weight,
+                "fused_weight_source": view.info.fused_weight_source,
+            }
+        )
+    weight = service.settings.fused_weight
+    if weight is None:
+        weight = loaded.fused_weight
+    return {
+        "default_mode": service.settings.mode,
+        "modes": ["asymmetric"] + (["fused"] if loaded.student_target is not None else []),
+        "fused_weight": weight if loaded.student_target is not None else None,
+        "fused_unavailable": loaded.fused_reason,
+        "views": views,
+    }
+
+
 def describe(service: SearchService) -> dict[str, Any]:
     """What /info shows: the bundle and variants served, the student, devices, batching."""
     loaded = service.loaded
@@ -35,6 +70,7 @@ def describe(service: SearchService) -> dict[str, Any]:
         )
     devices = set(loaded.devices.values())
     return {
+        "search": fused_info(service),
         "bundle": {
             "root": str(service.settings.bundle),
             "version_dir": str(loaded.version_dir),

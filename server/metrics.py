@@ -115,6 +115,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.mode_seconds = Histogram(
+            "tandem_search_mode_duration_seconds",
+            "search + rescoring time per request, by search mode (asymmetric, fused)",
+            ["mode"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "tandem_batch_size", "queries per ONNX run", buckets=BATCH_SIZE_BUCKETS, registry=r
         )

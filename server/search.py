@@ -25,14 +25,15 @@ import numpy as np
 import numpy.typing as npt
 from tandem.bundle.backend import BackendUnavailable
 from tandem.bundle.format import BundleError, Document
-from tandem.bundle.search import Ranked, SearchPlan
-from tandem.bundle.variants import truncate_normalize
+from tandem.bundle.fused import FusedPlan, search_fused
+from tandem.bundle.search import Ranked, SearchPlan, SearchTarget
+from tandem.bundle.variants import VariantSpec, truncate_normalize
 from tandem.models.card import ModelCard, Precision
 from tandem.models.encoder import Encoder, EncoderError, TokenRows
 from tandem.server import validation
 from tandem.server.batching import MicroBatcher, StageRun
 from tandem.server.domain import Embeddings, Hit, QueryResult, SearchOptions, StageTimings
-from tandem.server.errors import BundleFailure, IndexUnavailable, UnknownVariant
+from tandem.server.errors import BundleFailure, IndexUnavailable, ModeUnavailable, UnknownVariant
 from tandem.server.metrics import Metrics
 from tandem.server.settings import ServerSettings
 from tandem.server.state import (
@@ -126,6 +127,12 @@ class SearchService:
                 verify=verify,
                 faiss_device=settings.faiss_device,
             )
+        if settings.mode == "fused" and loaded.student_target is None:
+            loaded.retire()
+            raise StartupCheckError(
+                f"--mode fused needs a student view: {loaded.fused_reason}; add one with "
+                f"`tandem index add-view {settings.bundle} --student {settings.student}`"
+            )
         try:
             warm_queries = encoder.encode([WARMUP_TEXT], "query")  # (1, dim); warms ONNX too
             warm(loaded, warm_queries)
@@ -215,7 +222,9 @@ class SearchService:
         validation.check_options(options, self.settings)
         if self.settings.log_queries:
             logger.info("search k=%d variant=%s queries=%r", options.k, options.variant, texts)
-        self.plan(self._loaded, options)  # refuse bad options before taking a slot
+        plan = self.plan(self._loaded, options)  # refuse bad options before taking a slot
+        if (options.mode or self.settings.mode) == "fused":
+            self.fused_plan(self._loaded, plan)
         with self.batcher.admission(len(texts)):
             rows, tokenize_s = await self._tokenize(texts)
             embedded = await self.batcher.embed(rows, deadline, job=options)
@@ -238,8 +247,18 @@ class SearchService:
         m.search_seconds.labels(variant=found.variant).observe(found.search_s)
         if found.rescored and found.rescore_s:
             m.rescore_seconds.labels(variant=found.variant).observe(found.rescore_s)
+        m.mode_seconds.labels(mode=found.mode).observe(found.search_s + found.rescore_s)
         return [
-            QueryResult(hits, found.variant, found.rescored, found.stages, c or t, timings)
+            QueryResult(
+                hits,
+                found.variant,
+                found.rescored,
+                found.stages,
+                c or t,
+                timings,
+                found.mode,
+                found.weight,
+            )
             for hits, c, t in zip(found.hits, cut, rows.truncated, strict=True)
         ]
 
@@ -266,6 +285,27 @@ class SearchService:
             filter_exact_max=self.settings.filter_exact_max,
             max_candidates=self.settings.max_candidates,
         )
+
+    def fused_plan(self, loaded: LoadedBundle, plan: SearchPlan) -> FusedPlan:
+        """The fused plan: the student view's counterpart of the variant, and ``w``."""
+        target = loaded.student_target
+        if target is None:
+            raise ModeUnavailable(
+                f'"mode": "fused" needs a student view in the bundle: {loaded.fused_reason}; '
+                f"add one with `tandem index add-view {self.settings.bundle} "
+                f"--student {self.settings.student}` (then reload), or use "
+                '"mode": "asymmetric"'
+            )
+        variant = fused_student_variant(loaded.specs[plan.variant], loaded.dim, target)
+        if variant is None:
+            raise UnknownVariant(
+                f"the student view has no counterpart of variant {plan.variant!r}; "
+                f"it holds: {', '.join(target.specs)}"
+            )
+        weight = self.settings.fused_weight
+        if weight is None:
+            weight = loaded.fused_weight if loaded.fused_weight is not None else 0.5
+        return FusedPlan(plan, variant, weight)
 
     # -- embeddings --------------------------------------------------------
     async def embed(self, texts: list[str], dimensions: int | None) -> Embeddings:
@@ -313,6 +353,8 @@ class _Found:
     rescore_s: float
     fetch_s: float
     index_s: float | None = None  # time in a remote index tier (Milvus), when there is one
+    mode: str = "asymmetric"
+    weight: float | None = None  # fused: w of the asymmetric cosine
 
 
 class _SearchStage:
@@ -336,27 +378,38 @@ class _SearchRun:
         self.loaded.release()
 
     def __call__(
-        self, jobs: Sequence[Any], vectors: Sequence[npt.NDArray[np.float32]]
+        self,
+        jobs: Sequence[Any],
+        vectors: Sequence[npt.NDArray[np.float32]],
+        native: Sequence[npt.NDArray[np.float32]],
     ) -> list[Any]:
         """Group the batch's requests by plan: one core search per group, one docstore read."""
         outputs: list[Any] = [None] * len(jobs)
         groups: dict[str, list[int]] = {}
         plans: dict[int, SearchPlan] = {}
+        fused: dict[int, FusedPlan] = {}
         for j, options in enumerate(jobs):
             if options is None:
                 continue
             try:
                 plan = self.service.plan(self.loaded, options)
-            except TandemError as exc:  # the variant left with a swapped bundle
+                if (options.mode or self.service.settings.mode) == "fused":
+                    fused[j] = self.service.fused_plan(self.loaded, plan)
+            except TandemError as exc:  # the variant (or view) left with a swapped bundle
                 outputs[j] = exc
                 continue
             plans[j] = plan
-            groups.setdefault(repr(plan), []).append(j)
+            groups.setdefault(repr(fused.get(j, plan)), []).append(j)
         ranked: dict[int, tuple[Ranked, int, int]] = {}  # job -> (group result, first row, rows)
         for members in groups.values():
             try:
                 queries = np.vstack([vectors[j] for j in members])
-                result = self.loaded.backend.search(queries, plans[members[0]])
+                target = self.loaded.fused_target
+                if members[0] in fused and target is not None:
+                    natives = np.vstack([native[j] for j in members])
+                    result = search_fused(target, queries, natives, fused[members[0]])
+                else:
+                    result = self.loaded.backend.search(queries, plans[members[0]])
             except BackendUnavailable as exc:
                 self.service.metrics.rejected.labels(reason="index_unavailable").inc()
                 unavailable = IndexUnavailable(
@@ -396,6 +449,8 @@ class _SearchRun:
                 result.rescore_s,
                 fetch_s,
                 result.remote_s if self.loaded.backend.capabilities.remote else None,
+                "fused" if j in fused else "asymmetric",
+                fused[j].weight if j in fused else None,
             )
         return outputs
 
@@ -464,6 +519,20 @@ def _hits(
             )
         )
     return out
+
+
+def fused_student_variant(spec: VariantSpec, teacher_dim: int, view: SearchTarget) -> str | None:
+    """The student view's variant paired with a teacher variant: same kind, dims scaled.
+
+    Falls back to the view's variant of the same kind at its full dimension
+    (then to its exact float variant), so every served variant has a pair.
+    """
+    dim = max(1, round(spec.dim * view.dim / teacher_dim))
+    suffix = "-hnsw" if spec.hnsw else ""
+    for name in (f"{spec.kind}-{dim}{suffix}", f"{spec.kind}-{view.dim}", f"f32-{view.dim}"):
+        if name in view.specs:
+            return name
+    return None
 
 
 def _bundle_labels(loaded: LoadedBundle) -> dict[str, str]:

@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "TANDEM_"
 RescoreMode = Literal["auto", "always", "never"]
+SearchMode = Literal["asymmetric", "fused"]
 
 
 class ServerSettings(BaseSettings):
@@ -158,6 +159,13 @@ class ServerSettings(BaseSettings):
         "auto", description="default rescoring; auto rescores every variant but full-dim f32"
     )
     ef_search: int = Field(64, ge=1, description="HNSW efSearch (raised to the candidate count)")
+    mode: SearchMode = Field(
+        "asymmetric",
+        description="default search mode; fused also searches the bundle's student view",
+    )
+    fused_weight: float | None = Field(
+        None, ge=0.0, le=1.0, description="fused w (default: the bundle's student view's)"
+    )
     filter_exact_max: int = Field(
         20_000, ge=0, description="filters matching at most this many docs are scored exactly"
     )

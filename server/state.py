@@ -19,7 +19,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from tandem.bundle.backend import BackendError, FaissBackend, SearchBackend
-from tandem.bundle.format import Bundle, BundleError, current_version_dir, open_bundle
+from tandem.bundle.format import (
+    STUDENT_VIEW,
+    Bundle,
+    BundleError,
+    current_version_dir,
+    open_bundle,
+)
+from tandem.bundle.fused import FusedTarget
 from tandem.bundle.placement import FaissDevice, PlacementError, place_index
 from tandem.bundle.search import SearchPlan, SearchTarget
 from tandem.bundle.variants import VariantError, VariantSpec, search_variant
@@ -55,6 +62,11 @@ class LoadedBundle:
     pairing: str
     backend: SearchBackend = field(default=None, repr=False)  # type: ignore[assignment]
     target: SearchTarget = field(init=False, repr=False)
+    # Fused mode: the student view's target (None: not servable, ``fused_reason`` says why).
+    student_target: SearchTarget | None = field(default=None, repr=False)
+    student_devices: dict[str, str] = field(default_factory=dict)
+    fused_weight: float | None = None
+    fused_reason: str | None = None
     loaded_at: float = field(default_factory=time.time)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _leases: int = 0
@@ -66,6 +78,12 @@ class LoadedBundle:
             faiss_backend = FaissBackend(self.bundle, self.specs, self.indexes)
             self.backend = faiss_backend
             self.target = faiss_backend.target
+
+    @property
+    def fused_target(self) -> FusedTarget | None:
+        if self.student_target is None:
+            return None
+        return FusedTarget(self.target, self.student_target)
 
     @property
     def version(self) -> str:
@@ -105,6 +123,8 @@ class LoadedBundle:
                 return
             self._closed = True
         self.indexes.clear()
+        if self.student_target is not None:
+            self.student_target = None
         self.bundle.close()
         logger.info("closed bundle version %s", self.version)
 
@@ -226,7 +246,51 @@ def load_bundle(
         ", ".join(f"{n}@{devices[n]}" for n in specs),
         default,
     )
-    return LoadedBundle(bundle, Path(version_dir), specs, indexes, devices, default, pairing)
+    loaded = LoadedBundle(bundle, Path(version_dir), specs, indexes, devices, default, pairing)
+    try:
+        _load_student_view(loaded, card, faiss_device)
+    except BaseException:
+        loaded.close()
+        raise
+    return loaded
+
+
+def _load_student_view(loaded: LoadedBundle, card: ModelCard, faiss_device: FaissDevice) -> None:
+    """Load the student view's variants when the served student's native output made it."""
+    bundle = loaded.bundle
+    view = bundle.view(STUDENT_VIEW)
+    native = card.native_card()
+    if view is None:
+        loaded.fused_reason = f"bundle {bundle.version} has no student view"
+        return
+    if view.info.fingerprint != native.fingerprint:
+        loaded.fused_reason = (
+            f"the student view of bundle {bundle.version} was embedded by "
+            f"{view.info.encoder_name} ({view.info.fingerprint[:12]}), but the served student's "
+            f"native output is {native.name} ({native.fingerprint[:12]})"
+        )
+        logger.warning("fused mode unavailable: %s", loaded.fused_reason)
+        return
+    specs: dict[str, VariantSpec] = {}
+    indexes: dict[str, Any] = {}
+    try:
+        for name in view.variant_names():
+            specs[name] = view.spec(name)
+            indexes[name], loaded.student_devices[name] = place_index(
+                specs[name], view.index(name), faiss_device
+            )
+    except PlacementError as exc:
+        raise StartupCheckError(str(exc)) from exc
+    except (BundleError, VariantError) as exc:
+        raise StartupCheckError(f"cannot load the student view of {bundle.version}: {exc}") from exc
+    loaded.student_target = SearchTarget(view.vectors, specs, indexes, bundle.filter_ids)
+    loaded.fused_weight = view.info.fused_weight
+    logger.info(
+        "student view %s: variants %s, fused weight %s",
+        view.info.encoder_name,
+        ", ".join(specs),
+        view.info.fused_weight,
+    )
 
 
 def load_milvus(
@@ -300,4 +364,9 @@ def warm(loaded: LoadedBundle, queries: npt.NDArray[np.float32]) -> None:
         valid = ids[ids >= 0]
         if valid.size:
             np.asarray(loaded.bundle.vectors[np.sort(valid)], dtype=np.float32)
+    student = loaded.student_target
+    if student is not None:
+        probe = np.asarray(student.vectors[:1], dtype=np.float32)
+        for name, spec in student.specs.items():
+            search_variant(spec, student.indexes[name], probe, k, ef_search=k)
     loaded.bundle.documents([0])

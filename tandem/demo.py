@@ -2,8 +2,9 @@
 
 Pulls the offline teacher and student, exports both to ONNX, aligns the
 student to the teacher (ridge adapter), builds an index bundle of the sample
-corpus, starts the server and prints a ready-to-paste curl for /search and the
-URL of the search console.
+corpus with a student view, starts the server in the mode the label-free
+fused weight favours (fused unless ``w`` = 1) and prints a ready-to-paste curl for
+/search and the URL of the search console.
 Everything it derives is cached, so a second run starts serving in seconds.
 """
 
@@ -45,9 +46,10 @@ def demo(
     serve: Annotated[bool, typer.Option("--serve/--no-serve", help="Start the server.")] = True,
 ) -> None:
     """Pull, export, align, index the sample corpus, serve; print a curl and the console URL."""
-    from tandem.bundle.format import BundleError, open_bundle
+    from tandem.bundle.format import STUDENT_VIEW, BundleError, open_bundle
     from tandem.data.corpus import read_corpus
     from tandem.indexer.build import build_bundle
+    from tandem.indexer.views import student_side
     from tandem.models.encoder import Encoder
     from tandem.toolchain.alignment_job import gather_texts, run_alignment
     from tandem.toolchain.export import export_artifact
@@ -63,33 +65,41 @@ def demo(
     console.print(f"[green]2/4[/green] aligned student {DEMO_STUDENT} -> {aligned.resolve()}")
 
     teacher_encoder = Encoder(teacher_dir)
+    side = student_side(DEMO_STUDENT, aligned)
     docs = list(read_corpus(corpus))
     try:
         existing = open_bundle(bundle)
+        view = existing.manifest.views.get(STUDENT_VIEW)
         reusable = (
             existing.manifest.teacher_fingerprint == teacher_encoder.card.fingerprint
             and existing.n_docs == len(docs)
             and set(DEMO_VARIANTS) <= set(existing.variant_names())
+            and view is not None
+            and view.fingerprint == side.encoder.card.fingerprint
+            and view.fused_weight == side.fused_weight
         )
         existing.close()
     except BundleError:
         reusable = False
     if not reusable:
-        with console.status(f"3/4 indexing {len(docs)} documents with the teacher"):
-            build_bundle(docs, bundle, teacher_encoder, DEMO_VARIANTS)
+        with console.status(f"3/4 indexing {len(docs)} documents with the teacher and student"):
+            build_bundle(docs, bundle, teacher_encoder, DEMO_VARIANTS, student=side)
+    # w = 1 means fused scoring is asymmetric search: serve the plain mode then.
+    mode = "fused" if side.fused_weight < 1.0 else "asymmetric"
     console.print(
-        f"[green]3/4[/green] bundle {bundle} ({len(docs)} docs, {', '.join(DEMO_VARIANTS)})"
+        f"[green]3/4[/green] bundle {bundle} ({len(docs)} docs, {', '.join(DEMO_VARIANTS)}; "
+        f"student view, label-free fused weight w={side.fused_weight:g} -> mode {mode})"
     )
     console.print(f"ready in {time.perf_counter() - started:.0f}s")
     if serve:
-        _serve(bundle, host, port)
+        _serve(bundle, host, port, mode)
 
 
-def _serve(bundle: Path, host: str, port: int) -> None:
+def _serve(bundle: Path, host: str, port: int, mode: str = "asymmetric") -> None:
     command = [
         sys.executable, "-m", "tandem", "serve",
         "--bundle", str(bundle), "--student", DEMO_STUDENT,
-        "--host", host, "--port", str(port),
+        "--host", host, "--port", str(port), "--mode", mode,
     ]  # fmt: skip
     console.print(f"[green]4/4[/green] starting: {' '.join(command[2:])}")
     server = subprocess.Popen(command, env={**os.environ, "PYTHONUNBUFFERED": "1"})

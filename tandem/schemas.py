@@ -65,6 +65,12 @@ class SearchOptions(_Request):
     filter: dict[str, FilterValue] | None = Field(
         None, description="metadata equality: every key must equal its value"
     )
+    mode: Literal["asymmetric", "fused"] | None = Field(
+        None,
+        description="asymmetric: the student's teacher-space vector against teacher documents; "
+        "fused: also its native vector against the bundle's student view, scores "
+        "w·asym + (1−w)·student. Default: the server's",
+    )
 
 
 class SearchRequest(SearchOptions):
@@ -99,6 +105,8 @@ class Timings(BaseModel):
 
 class SearchResponse(BaseModel):
     results: list[Hit]
+    mode: str = "asymmetric"
+    weight: float | None = Field(None, description="fused: w of the asymmetric cosine")
     variant: str
     rescored: bool
     stages: list[str]

@@ -51,7 +51,10 @@ def aligned_student_dir(student_dir: Path, teacher_dir: Path, sample_texts) -> P
     """The student aligned to the teacher by a ridge adapter on the sample corpus (cached)."""
     from tandem.toolchain.alignment_job import run_alignment
 
-    return run_alignment(student_dir, teacher_dir, sample_texts, "adapter", "test-sample-student")
+    # The keyed store folder, not the name: the name is a link other checkouts may repoint.
+    return run_alignment(
+        student_dir, teacher_dir, sample_texts, "adapter", "test-sample-student"
+    ).resolve()
 
 
 @pytest.fixture(scope="session")

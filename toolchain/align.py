@@ -23,9 +23,10 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
-from tandem.models.card import Alignment, ModelCard
+from tandem.bundle.fusion_weight import WeightChoice, label_free_weight
+from tandem.models.card import Alignment, ModelCard, NativeOutput
 from tandem.models.embedding_cache import EmbeddingCache, encode_cached
-from tandem.models.encoder import OUTPUT_NAME, Encoder, TextKind
+from tandem.models.encoder import NATIVE_OUTPUT, OUTPUT_NAME, Encoder, TextKind
 from tandem.models.similarity import mean_cosine
 
 from tandem.errors import ModelError
@@ -149,10 +150,15 @@ def fit_adapter(
 
 
 def fold_adapter(student_onnx: Path, adapter: Adapter, out_path: Path) -> None:
-    """Append MatMul + Add + L2 normalization to the student's graph; output keeps its name."""
+    """Append MatMul + Add + L2 normalization to the student's graph; two outputs.
+
+    ``embedding`` is the teacher-space vector (the name every runtime reads);
+    ``native_embedding`` is the student's own pooled vector, computed on the
+    way, so one forward pass serves both sides of fused scoring.
+    """
     model = onnx.load(str(student_onnx))
     graph = model.graph
-    raw = "student_embedding"
+    raw = NATIVE_OUTPUT
     for node in graph.node:
         node.output[:] = [raw if o == OUTPUT_NAME else o for o in node.output]
     graph.initializer.extend(
@@ -169,7 +175,11 @@ def fold_adapter(student_onnx: Path, adapter: Adapter, out_path: Path) -> None:
         ]
     )
     out = graph.output[0]
+    native = onnx.ValueInfoProto()
+    native.CopyFrom(out)
+    native.name = NATIVE_OUTPUT
     out.type.tensor_type.shape.dim[1].dim_value = adapter.weight.shape[1]
+    graph.output.append(native)
     onnx.checker.check_model(model)
     onnx.save(model, str(out_path))
 
@@ -225,10 +235,19 @@ def write_aligned_artifact(
     onnx_file: Path,
     out_dir: Path,
     alignment: Alignment,
+    native: NativeOutput | None = None,
 ) -> ModelCard:
-    """Publish an aligned student: ONNX graph, the student's tokenizer, and its card."""
+    """Publish an aligned student: ONNX graph, the student's tokenizer, and its card.
+
+    ``native`` describes the graph's second output (default: the unchanged
+    student's own vector, so its fingerprint is the raw student's).
+    """
     shutil.copyfile(onnx_file, out_dir / "model.onnx")
     shutil.copyfile(student.folder / student.card.tokenizer_file, out_dir / "tokenizer.json")
+    if native is None:
+        native = NativeOutput(
+            name=student.name, dim=student.dim, weights_sha256=student.card.weights_sha256
+        )
     card = student.card.model_copy(
         update={
             "name": alignment.settings.get("out_name", f"{student.name}-aligned"),
@@ -241,10 +260,45 @@ def write_aligned_artifact(
             "int8": None,
             "parity_min_cosine": None,
             "aligned_to": alignment,
+            "native": native,
         }
     )
     card.save(out_dir)
     return card
+
+
+def heldout_weight(
+    pairs: PairedEmbeddings,
+    split: Split,
+    aligned_queries: npt.NDArray[np.float32],
+    native_queries: npt.NDArray[np.float32],
+    native_docs: npt.NDArray[np.float32],
+) -> WeightChoice:
+    """The label-free fused weight on the held-out query-like texts (see fusion_weight).
+
+    ``aligned_queries``/``native_queries`` are the aligned student's two outputs
+    for the held-out queries; documents are every passage of the alignment set.
+    """
+    held = np.array([r for r in split.heldout if pairs.kinds[r] == "query"], dtype=np.int64)
+    docs = np.array([i for i, k in enumerate(pairs.kinds) if k == "document"], dtype=np.int64)
+    choice = label_free_weight(
+        aligned_queries, native_queries, pairs.teacher[held], pairs.teacher[docs], native_docs
+    )
+    logger.info(
+        "label-free fused weight w=%.1f (ensemble top-10 agreement %s)",
+        choice.weight,
+        ", ".join(f"{w:.1f}:{a:.3f}" for w, a in choice.agreement.items()),
+    )
+    return choice
+
+
+def native_with_weight(native: NativeOutput, choice: WeightChoice) -> NativeOutput:
+    return native.model_copy(
+        update={
+            "fused_weight": choice.weight,
+            "fused_agreement": {f"{w:.1f}": round(a, 4) for w, a in choice.agreement.items()},
+        }
+    )
 
 
 def align_adapter(
@@ -268,6 +322,21 @@ def align_adapter(
     folded = out_dir / "model.adapter.onnx"
     fold_adapter(student.folder / student.card.onnx_file, adapter, folded)
     np.savez(out_dir / "adapter.npz", weight=adapter.weight, bias=adapter.bias)
+    held_q = np.array([r for r in split.heldout if pairs.kinds[r] == "query"], dtype=np.int64)
+    docs = np.array([i for i, k in enumerate(pairs.kinds) if k == "document"], dtype=np.int64)
+    choice = heldout_weight(
+        pairs,
+        split,
+        adapter.apply(pairs.student[held_q]),
+        pairs.student[held_q],
+        pairs.student[docs],
+    )
+    native = native_with_weight(
+        NativeOutput(
+            name=student.name, dim=student.dim, weights_sha256=student.card.weights_sha256
+        ),
+        choice,
+    )
     alignment = Alignment(
         teacher_name=teacher.name,
         teacher_fingerprint=teacher.card.fingerprint,
@@ -285,6 +354,6 @@ def align_adapter(
             "seed": seed,
         },
     )
-    card = write_aligned_artifact(student, teacher, folded, out_dir, alignment)
+    card = write_aligned_artifact(student, teacher, folded, out_dir, alignment, native)
     folded.unlink()
     return card

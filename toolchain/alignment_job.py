@@ -16,13 +16,15 @@ from typing import Literal
 
 import numpy as np
 from tandem.models.artifacts import aligned_dir
-from tandem.models.card import Alignment, ModelCard
+from tandem.models.card import Alignment, ModelCard, NativeOutput
 from tandem.models.encoder import Encoder
 from tandem.toolchain.align import (
     Adapter,
     AlignTexts,
     align_adapter,
     heldout_report,
+    heldout_weight,
+    native_with_weight,
     paired_embeddings,
     pseudo_queries,
     split_rows,
@@ -30,12 +32,12 @@ from tandem.toolchain.align import (
 )
 from tandem.toolchain.distill import DistillConfig
 
-from tandem.home import publish_dir, stable_hash
+from tandem.home import publish_dir, sha256_file, stable_hash
 
 logger = logging.getLogger(__name__)
 
 Method = Literal["adapter", "distill"]
-ALIGN_FORMAT = 1
+ALIGN_FORMAT = 2  # 2: aligned graphs also output the native vector
 
 
 def gather_texts(path: Path, n_pseudo: int = 8000, seed: int = 0) -> AlignTexts:
@@ -141,8 +143,8 @@ def _distill_into(
     out_name: str,
 ) -> ModelCard:
     from tandem.models.sources import resolve_source
-    from tandem.toolchain.distill import build_student, distill
-    from tandem.toolchain.export import check_parity, export_module
+    from tandem.toolchain.distill import build_student, distill, export_two_outputs
+    from tandem.toolchain.export import check_parity
 
     student = Encoder(student_dir, device="cpu")
     teacher = Encoder(teacher_dir, device="cpu")
@@ -172,7 +174,7 @@ def _distill_into(
     )
     onnx_path = out_dir / "model.distilled.onnx"
     module.to("cpu")
-    export_module(module, onnx_path)
+    export_two_outputs(module, onnx_path)
     alignment = Alignment(
         teacher_name=teacher.name,
         teacher_fingerprint=teacher.card.fingerprint,
@@ -189,16 +191,34 @@ def _distill_into(
             **stats,
         },
     )
-    card = write_aligned_artifact(student, teacher, onnx_path, out_dir, alignment)
+    # The encoder was retrained: its native vector is a new encoder, named and fingerprinted
+    # apart from the raw student (a student view built by the raw student does not serve it).
+    native = NativeOutput(
+        name=f"{out_name}-native",
+        dim=student.dim,
+        weights_sha256=stable_hash("native", sha256_file(onnx_path)),
+    )
+    card = write_aligned_artifact(student, teacher, onnx_path, out_dir, alignment, native)
     onnx_path.unlink()
-    card.parity_min_cosine = check_parity(module, Encoder(out_dir, device="cpu"))
+    card.parity_min_cosine = min(
+        check_parity(module, Encoder(out_dir, device="cpu")),
+        check_parity(
+            module.encoder,  # type: ignore[arg-type]  # torch types submodules as Tensor | Module
+            Encoder(out_dir, device="cpu", output="native"),
+        ),
+    )
     aligned = Encoder(out_dir, device="cpu")
+    aligned_native = Encoder(out_dir, device="cpu", output="native")
     held = split.heldout
     pred = np.zeros_like(pairs.teacher)
     held_q = [i for i in held if pairs.kinds[i] == "query"]
     held_p = [i for i in held if pairs.kinds[i] == "document"]
     pred[held_q] = aligned.encode([all_texts[i] for i in held_q], "query")
     pred[held_p] = aligned.encode([all_texts[i] for i in held_p], "document")
+    native_q = aligned_native.encode([all_texts[i] for i in held_q], "query")
+    native_docs = aligned_native.encode(texts.passages, "document")
+    choice = heldout_weight(pairs, split, pred[held_q], native_q, native_docs)
+    card.native = native_with_weight(native, choice)
     card.aligned_to = alignment.model_copy(
         update={"heldout_cosine": heldout_report(pred, pairs.teacher, pairs.kinds, held)}
     )

@@ -87,6 +87,48 @@ def build_student(source: ModelSource, adapter: Adapter) -> torch.nn.Module:
     return ProjectedStudent()
 
 
+def export_two_outputs(module: torch.nn.Module, onnx_path: Path) -> None:
+    """Export a ProjectedStudent with both outputs: teacher-space and its own pooled vector.
+
+    The native vector is computed on the way to the projection, so fused
+    scoring gets it from the same forward pass.
+    """
+    import torch
+    from tandem.models.encoder import INPUT_NAMES, NATIVE_OUTPUT, OUTPUT_NAME
+    from tandem.toolchain.export import OPSET, _dummy_inputs
+
+    class BothOutputs(torch.nn.Module):
+        def __init__(self, inner: torch.nn.Module) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(
+            self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            pooled: torch.Tensor = self.inner.encoder(input_ids, attention_mask)  # type: ignore[operator]
+            projected: torch.Tensor = self.inner.projection(pooled)  # type: ignore[operator]
+            return torch.nn.functional.normalize(projected, p=2.0, dim=-1), pooled
+
+    wrapper = BothOutputs(module).eval()
+    with torch.no_grad():
+        torch.onnx.export(
+            wrapper,
+            _dummy_inputs(),
+            str(onnx_path),
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME, NATIVE_OUTPUT],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                OUTPUT_NAME: {0: "batch"},
+                NATIVE_OUTPUT: {0: "batch"},
+            },
+            opset_version=OPSET,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+
+
 def distill(
     module: torch.nn.Module,
     tokenizer_file: Path,

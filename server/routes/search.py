@@ -52,6 +52,7 @@ def options_of(body: SearchOptionsBody) -> SearchOptions:
         oversample=body.oversample,
         filter=body.filter,
         fields=fields,
+        mode=body.mode,
     )
 
 
@@ -60,6 +61,8 @@ def result_body(result: QueryResult) -> dict[str, Any]:
     t = result.timings
     return {
         "results": [_hit(h) for h in result.hits],
+        "mode": result.mode,
+        "weight": result.weight,
         "variant": result.variant,
         "rescored": result.rescored,
         "stages": result.stages,

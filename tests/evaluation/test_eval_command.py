@@ -112,6 +112,7 @@ def test_student_aligned_to_another_teacher_is_not_applicable(
     assert [(p.mode, p.reason is None) for p in plans] == [
         ("teacher-symmetric", True),
         ("asymmetric", False),
+        ("fused", False),
     ]
     assert "aligned to all-MiniLM-L6-v2" in (plans[1].reason or "")
 

@@ -115,6 +115,12 @@ def test_distillation_trains_exports_and_passes_parity(
     assert card.aligned_to.heldout_cosine["all"] > 0.5
     assert Encoder(path).encode(["a query"], "query").shape == (1, 768)
     assert card.name == "tiny" and settings["out_name"] == "tiny"
+    # Two outputs: the retrained encoder's own vector is a new encoder with a chosen weight.
+    assert card.native is not None and card.native.name == "tiny-native"
+    assert card.native.fused_weight is not None
+    native = Encoder(path, output="native")
+    assert native.encode(["a query"], "query").shape == (1, 384)
+    assert native.card.fingerprint != ModelCard.load(student_dir).fingerprint
 
 
 def test_schedule_follows_the_time_budget_when_it_runs_out_first() -> None:
