@@ -62,7 +62,7 @@ def result_body(result: QueryResult) -> dict[str, Any]:
     return {
         "results": [_hit(h) for h in result.hits],
         "mode": result.mode,
-        "weight": result.weight,
+        **({"weight": result.weight} if result.weight is not None else {}),
         "variant": result.variant,
         "rescored": result.rescored,
         "stages": result.stages,
