@@ -46,12 +46,14 @@ def run(
         index = faiss.IndexFlatIP(vectors.shape[1])
         index.add(np.ascontiguousarray(vectors, dtype=np.float32))
     texts = [prefix + q for q in queries]
+    # The first output: an aligned student also outputs its native vector.
+    first_output = [session.get_outputs()[0].name]
 
     def one(batch: Sequence[str]) -> None:
         encodings = tokenizer.encode_batch(list(batch))
         ids = np.array([e.ids for e in encodings], dtype=np.int64)
         mask = np.array([e.attention_mask for e in encodings], dtype=np.int64)
-        (embedded,) = session.run(None, {"input_ids": ids, "attention_mask": mask})
+        (embedded,) = session.run(first_output, {"input_ids": ids, "attention_mask": mask})
         if index is not None:
             index.search(np.ascontiguousarray(embedded, dtype=np.float32), k)
 
