@@ -425,6 +425,20 @@ def verify_bundle(path: Path) -> None:
         )
 
 
+def load_index(spec: VariantSpec, path: Path, n_docs: int, label: str) -> Any:
+    """A variant's FAISS index (memory-mapped where possible), checked against its bundle."""
+    try:
+        index = read_index(spec, path, mmap=True)
+    except RuntimeError as exc:
+        raise BundleError(f"cannot load {label}: {exc}") from exc
+    if index.ntotal != n_docs or index.d != spec.dim:
+        raise BundleError(
+            f"{label} holds {index.ntotal} vectors of dim {index.d}, "
+            f"expected {n_docs} of dim {spec.dim}: the bundle is corrupt"
+        )
+    return index
+
+
 class Bundle:
     """A published bundle version, opened read-only; safe to share between threads."""
 
@@ -514,15 +528,8 @@ class Bundle:
         with self._lock:
             index = self._indexes.get(name)
             if index is None:
-                try:
-                    index = read_index(spec, self.variant_path(name), mmap=True)
-                except RuntimeError as exc:
-                    raise BundleError(f"cannot load variant {name} of {self.path}: {exc}") from exc
-                if index.ntotal != self.n_docs or index.d != spec.dim:
-                    raise BundleError(
-                        f"variant {name} holds {index.ntotal} vectors of dim {index.d}, "
-                        f"expected {self.n_docs} of dim {spec.dim}: the bundle is corrupt"
-                    )
+                label = f"variant {name} of {self.path}"
+                index = load_index(spec, self.variant_path(name), self.n_docs, label)
                 self._indexes[name] = index
             return index
 
@@ -619,15 +626,8 @@ class BundleView:
         with self._lock:
             index = self._indexes.get(name)
             if index is None:
-                try:
-                    index = read_index(spec, self.variant_path(name), mmap=True)
-                except RuntimeError as exc:
-                    raise BundleError(f"cannot load {self.qualified(name)}: {exc}") from exc
-                if index.ntotal != self.n_docs or index.d != spec.dim:
-                    raise BundleError(
-                        f"{self.qualified(name)} holds {index.ntotal} vectors of dim {index.d}, "
-                        f"expected {self.n_docs} of dim {spec.dim}: the bundle is corrupt"
-                    )
+                label = self.qualified(name)
+                index = load_index(spec, self.variant_path(name), self.n_docs, label)
                 self._indexes[name] = index
             return index
 

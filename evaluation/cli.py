@@ -24,7 +24,7 @@ from tandem.evaluation.runner import (
     EvalResult,
     run_evaluation,
 )
-from tandem.models.artifacts import ArtifactError, ArtifactNotExported, resolve_artifact
+from tandem.models.artifacts import ArtifactError
 from tandem.models.encoder import Device, Encoder, EncoderError
 
 from tandem.data.beir import DatasetError, EvalSet, load_eval_set
@@ -378,13 +378,7 @@ def results_table(result: EvalResult) -> Table:
 
 
 def _artifact(spec: str) -> Path:
-    """The exported artifact for spec; a command, unlike the runtime, may export it on first use.
+    """The artifact for spec: a command, unlike the runtime, may export it on first use."""
+    from tandem.toolchain.export import export_artifact  # finds first; torch only to export
 
-    Exporting needs the ``export`` extra (torch); without it the error says so.
-    """
-    try:
-        return resolve_artifact(spec)
-    except ArtifactNotExported:
-        from tandem.toolchain.export import export_artifact  # CLI commands may export
-
-        return export_artifact(spec)
+    return export_artifact(spec)

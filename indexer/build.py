@@ -488,34 +488,55 @@ def _embed(
     settings: EmbedSettings,
     progress: Progress,
 ) -> None:
+    def record(chunks_done: int, seconds: float) -> None:
+        state.chunks_done, state.embed_seconds = chunks_done, seconds
+
+    resume = (state.chunks_done, state.embed_seconds, record)
+    _embed_checkpointed(
+        work, state, teacher, work / WORK_VECTORS, "embedding", resume, cache, settings, progress
+    )
+
+
+def _embed_checkpointed(
+    work: Path,
+    state: BuildState,
+    encoder: Encoder,
+    out_path: Path,
+    label: str,
+    resume: tuple[int, float, Callable[[int, float], None]],
+    cache: EmbeddingCache | None,
+    settings: EmbedSettings,
+    progress: Progress,
+) -> None:
+    """Embed every staged doc into ``out_path`` in checkpointed chunks, resuming where it stopped.
+
+    ``resume`` is (chunks done, seconds spent, record): the view's own counters
+    in the build state, so the teacher and the student view resume separately.
+    """
+    done, base_seconds, record = resume
     every = state.checkpoint_every
     settings = EmbedSettings(every, settings.batch_tokens, settings.max_batch)
-    n_chunks = math.ceil(state.n_docs / every)
-    progress.phase(
-        "embedding", total=state.n_docs, done=min(state.n_docs, state.chunks_done * every)
-    )
-    if state.chunks_done >= n_chunks:
+    progress.phase(label, total=state.n_docs, done=min(state.n_docs, done * every))
+    if done >= math.ceil(state.n_docs / every):
         return
-    out = VectorFile(work / WORK_VECTORS, writable=True)
+    out = VectorFile(out_path, writable=True)
     reader = DocReader(work / WORK_DOCS)
     started = time.perf_counter()
-    base_seconds = state.embed_seconds
 
     def checkpoint(chunks_done: int) -> None:
-        state.chunks_done = chunks_done
-        state.embed_seconds = base_seconds + time.perf_counter() - started
+        record(chunks_done, base_seconds + time.perf_counter() - started)
         state.save(work)
 
     try:
         embed_rows(
-            teacher,
+            encoder,
             lambda rows: reader.texts(rows.tolist()),
             length_order(work / WORK_DOCS),
             out,
             cache,
             settings,
             progress,
-            first_chunk=state.chunks_done,
+            first_chunk=done,
             on_checkpoint=checkpoint,
         )
     finally:
@@ -554,41 +575,15 @@ def _embed_student(
     progress: Progress,
 ) -> None:
     """The student view's rows, checkpointed like the teacher's (``student_chunks_done``)."""
-    every = state.checkpoint_every
-    settings = EmbedSettings(every, settings.batch_tokens, settings.max_batch)
-    n_chunks = math.ceil(state.n_docs / every)
-    progress.phase(
-        f"embedding ({student.encoder.name}, student view)",
-        total=state.n_docs,
-        done=min(state.n_docs, state.student_chunks_done * every),
-    )
-    if state.student_chunks_done >= n_chunks:
-        return
     path = work / WORK_STUDENT_VECTORS
     if not path.exists() or state.student_chunks_done == 0:
         create_vectors(path, state.n_docs, student.encoder.dim, dtype).close()
-    out = VectorFile(path, writable=True)
-    reader = DocReader(work / WORK_DOCS)
-    started = time.perf_counter()
-    base_seconds = state.student_embed_seconds
 
-    def checkpoint(chunks_done: int) -> None:
-        state.student_chunks_done = chunks_done
-        state.student_embed_seconds = base_seconds + time.perf_counter() - started
-        state.save(work)
+    def record(chunks_done: int, seconds: float) -> None:
+        state.student_chunks_done, state.student_embed_seconds = chunks_done, seconds
 
-    try:
-        embed_rows(
-            student.encoder,
-            lambda rows: reader.texts(rows.tolist()),
-            length_order(work / WORK_DOCS),
-            out,
-            cache,
-            settings,
-            progress,
-            first_chunk=state.student_chunks_done,
-            on_checkpoint=checkpoint,
-        )
-    finally:
-        reader.close()
-        out.close()
+    label = f"embedding ({student.encoder.name}, student view)"
+    resume = (state.student_chunks_done, state.student_embed_seconds, record)
+    _embed_checkpointed(
+        work, state, student.encoder, path, label, resume, cache, settings, progress
+    )

@@ -30,7 +30,7 @@ from tandem.indexer.build import (
 )
 from tandem.indexer.update import add_documents, add_variants, delete_documents
 from tandem.indexer.views import StudentSide, add_view, student_side
-from tandem.models.artifacts import ArtifactError, ArtifactNotExported, resolve_artifact
+from tandem.models.artifacts import ArtifactError
 from tandem.models.card import ModelCard
 from tandem.models.embedding_cache import EmbeddingCache
 from tandem.models.encoder import Device, Encoder, EncoderError
@@ -739,13 +739,7 @@ def main() -> None:
 
 
 def _artifact(spec: str) -> Path:
-    """The exported artifact for spec; a command, unlike the runtime, may export it on first use.
+    """The artifact for spec: a command, unlike the runtime, may export it on first use."""
+    from tandem.toolchain.export import export_artifact  # finds first; torch only to export
 
-    Exporting needs the ``export`` extra (torch); without it the error says so.
-    """
-    try:
-        return resolve_artifact(spec)
-    except ArtifactNotExported:
-        from tandem.toolchain.export import export_artifact  # CLI commands may export
-
-        return export_artifact(spec)
+    return export_artifact(spec)
