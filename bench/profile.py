@@ -48,7 +48,7 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ),
     ("micro-batcher", ("server/batching.py",)),
     ("metrics + middleware", ("prometheus_client", "server/middleware.py", "server/metrics.py")),
-    ("HTTP protocol (uvicorn/h11)", ("h11", "httptools", "uvicorn/protocols")),
+    ("HTTP protocol (uvicorn)", ("h11", "httptools", "uvicorn/protocols")),
     ("routing (starlette/fastapi)", ("starlette", "fastapi")),
     ("asyncio event loop", ("asyncio",)),
 )

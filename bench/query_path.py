@@ -232,6 +232,7 @@ def anchors(ws: Workspace, load: Load) -> dict[str, Any]:
     }
     out["served_embed"] = raw_anchor.run(model_file=files["served"], vectors=None, **common)  # type: ignore[arg-type]
     out["served_precision"] = served_precision(card)
+    out["serving_reason"] = card.serving_reason()
     return out
 
 

@@ -323,9 +323,18 @@ def _query(q: dict[str, Any]) -> list[str]:
             "`InferenceSession.run` + `faiss.IndexFlatIP.search` over the same document "
             "vectors, no tandem code; single queries, then length-sorted batches of 8 and 32; "
             "same process and run as the HTTP rows). The served default runs "
-            f"`{q['raw']['served_precision']}`.",
+            f"`{q['raw']['served_precision']}`: {q['raw'].get('serving_reason', '')}.",
             "",
         ]
+        if q["raw"]["served_precision"] == "int8":
+            lines += [
+                "tandem runs int8 one query per ONNX run (rows of a micro-batch in parallel, one "
+                "core each), so a query's vector never depends on its batch mates; the raw "
+                "loop's batches quantize a whole padded batch with one range, which tandem "
+                "refuses to serve. The raw loop's *q/s single* column is the same computation "
+                "tandem serves.",
+                "",
+            ]
         lines += _raw_rows(q["raw"])
         lines.append("")
     lines += [

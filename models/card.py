@@ -40,6 +40,30 @@ class Alignment(BaseModel):
     settings: dict[str, object] = Field(default_factory=dict)
 
 
+class Int8Quality(BaseModel):
+    """The int8 graph judged on real relevance judgments, against its own fp32 graph.
+
+    Cosine to fp32 says the vectors are close; only nDCG@10 on judged queries
+    says the rankings users see are as good. ``serving_precision`` serves int8
+    only when this check passed.
+    """
+
+    dataset: str
+    split: str
+    n_queries: int
+    ndcg_fp32: float
+    ndcg_int8: float
+    max_drop: float
+
+    @property
+    def drop(self) -> float:
+        return self.ndcg_fp32 - self.ndcg_int8
+
+    @property
+    def passed(self) -> bool:
+        return self.drop <= self.max_drop
+
+
 class QuantizedFile(BaseModel):
     """An int8 variant and the quality guard's verdict on it."""
 
@@ -47,6 +71,7 @@ class QuantizedFile(BaseModel):
     cosine_mean: float
     cosine_min: float
     settings: dict[str, object] = Field(default_factory=dict)
+    quality: Int8Quality | None = None  # nDCG@10 against fp32 (`tandem models guard`)
 
 
 class NativeOutput(BaseModel):
@@ -126,8 +151,28 @@ class ModelCard(BaseModel):
 
     @property
     def serving_precision(self) -> Precision:
-        """What ``precision=auto`` serves: int8 when an int8 graph passed the quantizer's guard."""
-        return "int8" if self.int8 is not None else "fp32"
+        """What ``precision=auto`` serves: int8 once its graph kept nDCG@10 on real judgments.
+
+        The cosine guard alone does not make int8 the default: it only admits the
+        graph; the ranking check (``tandem models guard``) decides.
+        """
+        if self.int8 is not None and self.int8.quality is not None and self.int8.quality.passed:
+            return "int8"
+        return "fp32"
+
+    def serving_reason(self) -> str:
+        """Why ``serving_precision`` is what it is, in one line (for logs and reports)."""
+        if self.int8 is None:
+            return "no int8 graph (run `tandem models quantize`)"
+        quality = self.int8.quality
+        if quality is None:
+            return "int8 not yet judged on relevance judgments (run `tandem models guard`)"
+        verdict = "within" if quality.passed else "beyond"
+        return (
+            f"int8 nDCG@10 {quality.ndcg_int8:.4f} vs fp32 {quality.ndcg_fp32:.4f} on "
+            f"{quality.dataset}/{quality.split} ({quality.n_queries} queries): drop "
+            f"{quality.drop:+.4f}, {verdict} the {quality.max_drop} allowed"
+        )
 
     def model_file(self, precision: Precision) -> str:
         """The ONNX file (relative to the artifact folder) run at ``precision``."""

@@ -38,6 +38,7 @@ from tandem.errors import ConfigError, InvalidInput, TandemError, exit_code
 logger = logging.getLogger(__name__)
 
 APP_FACTORY = "tandem.server.app:create_app_from_env"
+HTTP_PROTOCOL = "tandem.server.http:BoundedHttpToolsProtocol"
 
 
 # Settings that are not flags: set by the CLI itself for its workers.
@@ -181,10 +182,9 @@ def run(settings: ServerSettings) -> None:
     config = uvicorn.Config(
         APP_FACTORY,
         factory=True,
-        # h11, not httptools: h11 bounds the size of request headers (uvicorn answers 4xx
-        # past 16 KiB); httptools accepts a 1 MiB header. The event loop is uvloop when
-        # installed (uvicorn's "auto").
-        http="h11",
+        # httptools (C) with h11's bound on the request head; the event loop is uvloop
+        # when installed (uvicorn's "auto").
+        http=HTTP_PROTOCOL,
         host=settings.host,
         port=settings.port,
         workers=settings.workers,

@@ -6,11 +6,11 @@ request beyond what each feature needs, which matters at ~1 ms per query.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import Any
 
-import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tandem.server.errors import error_body
 from tandem.server.metrics import Metrics
@@ -94,7 +94,9 @@ class BodyLimitAndDisconnect:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
-        disconnected = anyio.Event()
+        handler = asyncio.current_task()
+        assert handler is not None  # ASGI apps always run inside a task
+        disconnected = asyncio.Event()
         replayed = False
         response_done = False
 
@@ -112,19 +114,25 @@ class BodyLimitAndDisconnect:
                 response_done = True
             await send(message)
 
-        async with anyio.create_task_group() as tg:
-
-            async def watch() -> None:
+        async def watch() -> None:
+            message = await receive()
+            while message["type"] != "http.disconnect":
                 message = await receive()
-                while message["type"] != "http.disconnect":
-                    message = await receive()
-                disconnected.set()
-                if not response_done:
-                    tg.cancel_scope.cancel()
+            disconnected.set()
+            if not response_done:
+                handler.cancel()
 
-            tg.start_soon(watch)
+        # A plain asyncio task, not an anyio task group: this runs on every
+        # request, and the group's cancel scopes cost more than the watch itself.
+        watcher = asyncio.create_task(watch())
+        try:
             await self.app(scope, replay, send_wrapper)
-            tg.cancel_scope.cancel()
+        except asyncio.CancelledError:
+            if not disconnected.is_set() or response_done:
+                raise  # shutdown, not a departed client
+            handler.uncancel()  # the client left: nothing to answer, nothing to undo
+        finally:
+            watcher.cancel()
 
 
 async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:

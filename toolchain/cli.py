@@ -15,6 +15,8 @@ from tandem.models.encoder import EncoderError
 from tandem.models.sources import BUILTINS, ModelSourceError, resolve_source
 from tandem.toolchain.export import export_artifact
 
+from tandem.errors import TandemError
+
 app = typer.Typer(no_args_is_help=True)
 console = Console()
 USER_ERRORS = (ModelSourceError, ArtifactError, EncoderError, FileNotFoundError, ValueError)
@@ -79,6 +81,35 @@ def quantize(
 
 
 @app.command()
+def guard(
+    spec: Annotated[str, typer.Argument(help="Aligned student: spec or artifact folder.")],
+    dataset: Annotated[
+        Path, typer.Option(help="BEIR folder with the split's qrels (e.g. ../shared/data/scifact).")
+    ],
+    bundle: Annotated[
+        Path, typer.Option(help="Index bundle of that corpus, built by the student's teacher.")
+    ],
+    split: Annotated[str, typer.Option(help="Judged split to score.")] = "test",
+    max_drop: Annotated[
+        float, typer.Option(help="Largest nDCG@10 loss int8 may have against fp32.")
+    ] = 0.005,
+) -> None:
+    """Judge the int8 graph on real qrels: nDCG@10 against fp32; passing makes int8 the default."""
+    from tandem.toolchain.int8_guard import guard_int8
+
+    try:
+        folder = export_artifact(spec)
+        with console.status(f"ranking {dataset.name}/{split} with fp32 and int8 queries"):
+            guard_int8(folder, dataset, bundle, split, max_drop)
+        card = ModelCard.load(folder)
+    except (*USER_ERRORS, TandemError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"{card.name} serves {card.serving_precision} by default: {card.serving_reason()}"
+    )
+
+
+@app.command()
 def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder.")]) -> None:
     """Dim, pooling, max length, fingerprint, ONNX variants and alignment of an encoder."""
     try:
@@ -109,6 +140,7 @@ def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder
             if card.int8
             else "none (run `tandem models quantize`)",
         ),
+        ("serves", card.serving_precision),
     ]
     if card.aligned_to:
         a = card.aligned_to
@@ -127,6 +159,7 @@ def info(spec: Annotated[str, typer.Argument(help="Model spec or artifact folder
     for key, value in rows:
         table.add_row(key, value)
     console.print(table)
+    console.print(f"serves {card.serving_precision} by default: {card.serving_reason()}")
 
 
 @app.command("list")

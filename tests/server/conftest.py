@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 from tandem.indexer.build import build_bundle
+from tandem.models.card import ModelCard
 from tandem.models.encoder import Encoder
 
 from tests.support.server import API_KEY, VARIANTS, ServerProcess, running_server, sample_docs
@@ -27,7 +28,13 @@ def query_encoder_dir(aligned_student_dir: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def query_encoder(query_encoder_dir: Path) -> Encoder:
-    return Encoder(query_encoder_dir, device="cpu")
+    """The student at the precision the server serves by default (``--precision auto``).
+
+    That is fp32 unless this machine's cache holds an int8 verdict from
+    ``tandem models guard`` for the student (the card is shared with the demo).
+    """
+    card = ModelCard.load(query_encoder_dir)
+    return Encoder(query_encoder_dir, precision=card.serving_precision, device="cpu")
 
 
 @pytest.fixture(scope="session")

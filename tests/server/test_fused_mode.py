@@ -65,7 +65,7 @@ def _reference(root: Path, query: str, aligned: Encoder, k: int) -> tuple[list[s
 
 
 def test_fused_search_ranks_as_the_brute_force_reference(
-    fused_server: ServerProcess, fused_root: Path, aligned_student: Encoder
+    fused_server: ServerProcess, fused_root: Path, query_encoder: Encoder
 ) -> None:
     with httpx.Client(base_url=fused_server.url, headers=HEADERS, timeout=30) as client:
         for query in QUERIES:
@@ -76,7 +76,7 @@ def test_fused_search_ranks_as_the_brute_force_reference(
                 assert got.status_code == 200, got.text
                 data = got.json()
                 assert data["mode"] == "fused"  # the server's default
-                want_ids, want_scores = _reference(fused_root, query, aligned_student, 5)
+                want_ids, want_scores = _reference(fused_root, query, query_encoder, 5)
                 assert [h["id"] for h in data["results"]] == want_ids
                 np.testing.assert_allclose(
                     [h["score"] for h in data["results"]], want_scores, atol=2e-3
@@ -102,7 +102,7 @@ def test_fused_survives_a_hot_swap_with_new_documents(
     fused_root: Path,
     teacher: Encoder,
     side: StudentSide,
-    aligned_student: Encoder,
+    query_encoder: Encoder,
 ) -> None:
     new = [Doc("swap-1", "Penicillin was discovered when mould killed bacteria on a plate.")]
     add_documents(fused_root, new, teacher, student=side)
@@ -111,7 +111,7 @@ def test_fused_survives_a_hot_swap_with_new_documents(
         assert swapped.status_code == 200 and swapped.json()["status"] == "swapped", swapped.text
         query = "who noticed that mould could kill germs"
         got = client.post("/search", json={"query": query, "k": 3, "oversample": 20}).json()
-        want_ids, _ = _reference(fused_root, query, aligned_student, 3)
+        want_ids, _ = _reference(fused_root, query, query_encoder, 3)
         assert [h["id"] for h in got["results"]] == want_ids
         assert "swap-1" in want_ids
 

@@ -1,0 +1,97 @@
+"""The int8 ranking guard: nDCG@10 of the int8 student against its fp32 self, on real qrels.
+
+``tandem models quantize`` admits an int8 graph when its vectors stay close
+to fp32 (cosine). Closeness is not quality: a small drift can reorder the
+top ten. This guard embeds a BEIR split's judged queries with both graphs,
+ranks the teacher's document vectors (an index bundle built by the teacher
+the student is aligned to) exactly, and scores nDCG@10 with ir-measures. The
+verdict is written to the card; ``precision=auto`` serves int8 only when the
+drop is within ``max_drop``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+from tandem.bundle.format import open_bundle
+from tandem.evaluation.metrics import evaluate, run_from_hits
+from tandem.models.card import Int8Quality, ModelCard
+from tandem.models.encoder import Encoder
+from tandem.models.pairing import check_pair
+
+from tandem.data.beir import load_eval_set
+from tandem.errors import ModelError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_DROP = 0.005
+K = 10
+SCORE_ROWS = 4096  # document rows scored per matrix product (bounded memory)
+
+
+class GuardError(ModelError):
+    """The guard cannot run: no int8 graph, or a bundle of another teacher."""
+
+
+def exact_top_k(
+    queries: npt.NDArray[np.float32], vectors: npt.NDArray[np.generic], k: int
+) -> npt.NDArray[np.int64]:
+    """Row ids of the k best inner products per query, best first (exact, in blocks)."""
+    best_ids = np.empty((len(queries), 0), dtype=np.int64)
+    best_scores = np.empty((len(queries), 0), dtype=np.float32)
+    for start in range(0, len(vectors), SCORE_ROWS):
+        block = np.asarray(vectors[start : start + SCORE_ROWS], dtype=np.float32)
+        scores = np.concatenate([best_scores, queries @ block.T], axis=1)
+        ids = np.concatenate(
+            [
+                best_ids,
+                np.broadcast_to(np.arange(start, start + len(block)), (len(queries), len(block))),
+            ],
+            axis=1,
+        )
+        keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        best_scores = np.take_along_axis(scores, keep, axis=1)
+        best_ids = np.take_along_axis(ids, keep, axis=1)
+    return best_ids
+
+
+def guard_int8(
+    student: Path,
+    dataset: Path,
+    bundle_path: Path,
+    split: str = "test",
+    max_drop: float = DEFAULT_MAX_DROP,
+) -> Int8Quality:
+    """Measure nDCG@10 at fp32 and int8, record the verdict in the student's card, return it."""
+    card = ModelCard.load(student)
+    if card.int8 is None:
+        raise GuardError(f"{card.name} has no int8 graph: run `tandem models quantize` first")
+    eval_set = load_eval_set(dataset, split)
+    with open_bundle(bundle_path) as bundle:
+        manifest = bundle.manifest
+        check_pair(card, manifest.teacher_name, manifest.teacher_fingerprint)
+        doc_ids = bundle.external_ids()
+        texts = eval_set.query_texts
+        ndcg: dict[str, float] = {}
+        for precision in ("fp32", "int8"):
+            encoder = Encoder(student, precision=precision, device="cpu")
+            queries = encoder.encode(texts, kind="query")
+            ids = exact_top_k(queries, bundle.vectors, K)
+            run = run_from_hits(eval_set.query_ids, ids, doc_ids)
+            ndcg[precision] = evaluate(eval_set.qrels, run, ["ndcg@10"])["ndcg@10"]
+            logger.info("%s %s: nDCG@10 %.4f", card.name, precision, ndcg[precision])
+    quality = Int8Quality(
+        dataset=eval_set.name,
+        split=split,
+        n_queries=len(texts),
+        ndcg_fp32=ndcg["fp32"],
+        ndcg_int8=ndcg["int8"],
+        max_drop=max_drop,
+    )
+    card.int8.quality = quality
+    card.save(student)
+    logger.info("%s: %s", card.name, card.serving_reason())
+    return quality
