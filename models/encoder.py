@@ -337,8 +337,14 @@ def _session(
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    if not spinning:
-        # Idle intra-op threads otherwise spin for a while after each run.
+    if spinning:
+        # Spin between the parallel sections of a run (waking a sleeping thread
+        # costs each section), but stop when the run returns: left alone, idle
+        # threads spin on for milliseconds and burn a core between requests
+        # (measured: 4.4 vs 2.5 ms CPU per int8 query arriving every 2 ms, for
+        # p50 1.11 vs 1.19 ms; without spinning, 1.8 ms).
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+    else:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(

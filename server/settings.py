@@ -83,9 +83,9 @@ class ServerSettings(BaseSettings):
     )
     onnx_spinning: bool = Field(
         True,
-        description="let onnxruntime's idle threads spin briefly between runs: waking sleeping "
-        "threads costs every parallel section of a forward pass (measured: single-query embed "
-        "2.7 vs 3.5 ms on a 2-core machine); turn off when other processes need the cores",
+        description="let onnxruntime's threads spin between the parallel sections of a run "
+        "(they stop when it returns): waking sleeping threads costs every section (measured: "
+        "single-query embed 2.7 vs 3.5 ms on a 2-core machine)",
     )
 
     # Network.

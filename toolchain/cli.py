@@ -93,17 +93,30 @@ def guard(
     max_drop: Annotated[
         float, typer.Option(help="Largest nDCG@10 loss int8 may have against fp32.")
     ] = 0.005,
+    ladder: Annotated[
+        bool,
+        typer.Option(
+            help="Re-quantize less (FFN down-projections, then FFN up kept fp32) until a "
+            "graph passes; --no-ladder judges the int8 graph as it is."
+        ),
+    ] = True,
 ) -> None:
-    """Judge the int8 graph on real qrels: nDCG@10 against fp32; passing makes int8 the default."""
-    from tandem.toolchain.int8_guard import guard_int8
+    """Judge int8 on real qrels: nDCG@10 against fp32; passing makes int8 the default."""
+    from tandem.toolchain.int8_guard import guard_int8, guard_ladder
 
     try:
         folder = export_artifact(spec)
         with console.status(f"ranking {dataset.name}/{split} with fp32 and int8 queries"):
-            guard_int8(folder, dataset, bundle, split, max_drop)
+            if ladder:
+                _, lines = guard_ladder(folder, dataset, bundle, split, max_drop)
+            else:
+                guard_int8(folder, dataset, bundle, split, max_drop)
+                lines = []
         card = ModelCard.load(folder)
     except (*USER_ERRORS, TandemError) as exc:
         raise _fail(exc) from exc
+    for line in lines:
+        console.print(line)
     console.print(
         f"{card.name} serves {card.serving_precision} by default: {card.serving_reason()}"
     )

@@ -21,6 +21,7 @@ from tandem.evaluation.metrics import evaluate, run_from_hits
 from tandem.models.card import Int8Quality, ModelCard
 from tandem.models.encoder import Encoder
 from tandem.models.pairing import check_pair
+from tandem.toolchain.quantize import LADDER, QuantizationRefused, quantize_int8
 
 from tandem.data.beir import load_eval_set
 from tandem.errors import ModelError
@@ -95,3 +96,38 @@ def guard_int8(
     card.save(student)
     logger.info("%s: %s", card.name, card.serving_reason())
     return quality
+
+
+def guard_ladder(
+    student: Path,
+    dataset: Path,
+    bundle_path: Path,
+    split: str = "test",
+    max_drop: float = DEFAULT_MAX_DROP,
+) -> tuple[Int8Quality | None, list[str]]:
+    """Quantize down the ladder (most quantized first) until a graph keeps nDCG@10.
+
+    Returns the passing verdict (None if no step passed; the last judged graph
+    then stays on disk with its failing verdict, and fp32 stays the default)
+    and one line per step.
+    """
+    lines: list[str] = []
+    for label, config in LADDER:
+        try:
+            quantize_int8(student, config)
+        except QuantizationRefused as exc:
+            lines.append(f"{label}: refused by the cosine guard ({exc})")
+            continue
+        quality = guard_int8(student, dataset, bundle_path, split, max_drop)
+        verdict = "passed" if quality.passed else "failed"
+        lines.append(
+            f"{label}: nDCG@10 {quality.ndcg_int8:.4f} vs fp32 {quality.ndcg_fp32:.4f} "
+            f"(drop {quality.drop:+.4f}) {verdict}"
+        )
+        if quality.passed:
+            card = ModelCard.load(student)
+            assert card.int8 is not None  # written by quantize_int8 above
+            card.int8.settings["ladder_step"] = label
+            card.save(student)
+            return quality, lines
+    return None, lines

@@ -14,8 +14,8 @@ from tandem.indexer.build import build_bundle
 from tandem.models.card import ModelCard
 from tandem.models.encoder import Encoder
 from tandem.models.pairing import PairingError
-from tandem.toolchain.int8_guard import guard_int8
-from tandem.toolchain.quantize import quantize_best
+from tandem.toolchain.int8_guard import guard_int8, guard_ladder
+from tandem.toolchain.quantize import LADDER, quantize_best
 from typer.testing import CliRunner
 
 from tandem.data.corpus import read_corpus
@@ -124,3 +124,19 @@ def test_guard_refuses_a_bundle_of_another_teacher(
     build_bundle(read_corpus(tiny_beir), other, student, ["f32-384"])
     with pytest.raises(PairingError):
         guard_int8(int8_student, tiny_beir, other)
+
+
+def test_the_ladder_stops_at_the_first_graph_that_keeps_the_ranking(
+    int8_student: Path, teacher_bundle: Path, tiny_beir: Path
+) -> None:
+    quality, lines = guard_ladder(int8_student, tiny_beir, teacher_bundle, max_drop=1.0)
+    card = ModelCard.load(int8_student)
+    assert quality is not None and len(lines) == 1 and "passed" in lines[0]
+    assert card.int8 is not None and card.int8.settings["ladder_step"] == LADDER[0][0]
+    assert card.serving_precision == "int8"
+
+    # Nothing can pass a negative allowance: every step is tried, fp32 stays the default.
+    quality, lines = guard_ladder(int8_student, tiny_beir, teacher_bundle, max_drop=-1.0)
+    assert quality is None and len(lines) == len(LADDER)
+    assert all("failed" in line or "refused" in line for line in lines)
+    assert ModelCard.load(int8_student).serving_precision == "fp32"
