@@ -91,7 +91,8 @@ def run_section(section: str, args: argparse.Namespace, ws: Workspace) -> dict[s
         n = 30 if quick else 200
         return encoders.run(specs, (ws.queries * (n // len(ws.queries) + 1))[:n])
     if section == "query":
-        return query_path.run(ws, load, profile_seconds)
+        rounds = query_path.QUICK_ROUNDS if quick else query_path.FULL_ROUNDS
+        return query_path.run(ws, load, profile_seconds, rounds)
     if section == "embeddings":
         binary = args.infinity_bin or peers.default_infinity_bin()
         skip = None

@@ -58,6 +58,7 @@ class Load:
 
 FULL_LOAD = Load((1, 8, 32), {1: 300, 8: 800, 32: 1600}, 60.0, 100)
 QUICK_LOAD = Load((1, 8, 32), {1: 40, 8: 80, 32: 128}, 10.0, 20)
+FULL_ROUNDS, QUICK_ROUNDS = 3, 1
 
 
 def in_process(
@@ -236,8 +237,34 @@ def anchors(ws: Workspace, load: Load) -> dict[str, Any]:
     return out
 
 
-def run(ws: Workspace, load: Load, profile_seconds: float = 0.0) -> dict[str, Any]:
-    """Section 1: every row of the query-path tables, plus an optional profile of tandem."""
+def median_of(runs: list[Any]) -> Any:
+    """Element-wise median of same-shaped results (numbers; dicts and lists recursively).
+
+    Non-numeric leaves (names, file names) are taken from the first run.
+    """
+    first = runs[0]
+    if isinstance(first, bool) or not isinstance(first, int | float | dict | list):
+        return first
+    if all(r == first for r in runs):
+        return first  # counts such as a concurrency level stay what they are
+    if isinstance(first, dict):
+        return {
+            k: median_of([r[k] for r in runs]) if all(k in r for r in runs) else v
+            for k, v in first.items()
+        }
+    if isinstance(first, list):
+        return [median_of([r[i] for r in runs]) for i in range(len(first))]
+    return float(np.median([float(r) for r in runs]))
+
+
+def run(ws: Workspace, load: Load, profile_seconds: float = 0.0, rounds: int = 1) -> dict[str, Any]:
+    """Section 1: every row of the query-path tables, plus an optional profile of tandem.
+
+    The raw anchor and tandem's own HTTP rows are measured in ``rounds``
+    interleaved rounds (raw, then HTTP, then raw again ...) and each number is
+    the median over rounds: on a shared machine the speed drifts over minutes,
+    and a ratio of two numbers taken minutes apart would measure the drift.
+    """
     with open_bundle(ws.bundle) as bundle:
         n_docs, dim, variant = bundle.n_docs, bundle.dim, f"f32-{bundle.dim}"
     queries = ws.queries
@@ -266,39 +293,32 @@ def run(ws: Workspace, load: Load, profile_seconds: float = 0.0) -> dict[str, An
         "servers": [],
     }
     server = tandem_server(ws.bundle, ws.models.student, ws.work, "tandem")
+    ids_only = [b | {"fields": ["id", "score"]} for b in bodies]
+    inputs = [{"input": q} for q in queries]
+    routes = (
+        (f"tandem /search ({out['student']}, {variant})", "tandem", "/search", bodies),
+        ("tandem /search, ids and scores only", "tandem_ids", "/search", ids_only),
+        ("tandem /v1/embeddings (one input)", "tandem_embeddings", "/v1/embeddings", inputs),
+    )
     with running(server):
-        out["servers"].append(
-            measure_server(
-                server,
-                f"tandem /search ({out['student']}, {variant})",
-                "tandem",
-                "/search",
-                bodies,
-                load,
+        raws, measured = [raw], []
+        for round_ in range(rounds):
+            if round_ > 0:
+                raws.append(anchors(ws, load))
+            measured.append(
+                [measure_server(server, name, key, path, b, load) for name, key, path, b in routes]
             )
-        )
-        ids_only = [b | {"fields": ["id", "score"]} for b in bodies]
-        out["servers"].append(
-            measure_server(
-                server,
-                "tandem /search, ids and scores only",
-                "tandem_ids",
-                "/search",
-                ids_only,
-                load,
-            )
-        )
-        inputs = [{"input": q} for q in queries]
-        out["servers"].append(
-            measure_server(
-                server,
-                "tandem /v1/embeddings (one input)",
-                "tandem_embeddings",
-                "/v1/embeddings",
-                inputs,
-                load,
-            )
-        )
+        out["raw"] = median_of(raws)
+        out["servers"] += median_of(measured)
+        out["rounds"] = [
+            {
+                "raw_p50_ms": r["served"]["p50_ms"],
+                "raw_qps_best": r["served"]["qps_best"],
+                "search_c1_p50_ms": m[0]["levels"][0]["p50_ms"],
+                "search_best_qps": max(lv["qps"] for lv in m[0]["levels"]),
+            }
+            for r, m in zip(raws, measured, strict=True)
+        ]
         if profile_seconds > 0:
             out["profiles"] = {
                 c: profile_server(

@@ -337,6 +337,37 @@ def _query(q: dict[str, Any]) -> list[str]:
             ]
         lines += _raw_rows(q["raw"])
         lines.append("")
+        if len(q.get("rounds", [])) > 1:
+            lines += [
+                f"The raw loop and tandem's HTTP rows were measured in {len(q['rounds'])} "
+                "interleaved rounds; every number in these tables is the median over rounds. "
+                "Per round:",
+                "",
+            ]
+            lines += _table(
+                [
+                    "round",
+                    "raw p50 ms",
+                    "/search C=1 p50 ms",
+                    "ratio",
+                    "raw best q/s",
+                    "/search best q/s",
+                    "ratio",
+                ],
+                [
+                    [
+                        i + 1,
+                        _f(r["raw_p50_ms"], 2),
+                        _f(r["search_c1_p50_ms"], 2),
+                        _f(r["search_c1_p50_ms"] / r["raw_p50_ms"], 2),
+                        r["raw_qps_best"],
+                        r["search_best_qps"],
+                        _f(r["search_best_qps"] / r["raw_qps_best"], 2),
+                    ]
+                    for i, r in enumerate(q["rounds"])
+                ],
+            )
+            lines.append("")
     lines += [
         f"{q['n_docs']:,} documents, variant `{q['variant']}` (exact), k={q['k']}, "
         f'{q["n_queries"]} distinct query texts cycled. "tandem without HTTP" is the same '
