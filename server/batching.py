@@ -23,7 +23,10 @@ Heuristics:
   pays no batching delay;
 - batches always run in the worker thread, even a lone request's: running
   it on the event loop instead was measured slower (p50 12.9 vs 7.3 ms for
-  single queries on a shared 2-core machine), so there is no inline path;
+  single queries on a shared 2-core machine) and, remeasured with the int8
+  student, no faster (inside the noise), so there is no inline path;
+- a row-by-row (int8) encoder spreads a batch's rows over its own lanes, so
+  one batch still uses every core;
 - a batch whose rows differ much in length runs as two length-sorted ONNX
   runs when that cuts the padded tokens by a quarter or more.
 """
