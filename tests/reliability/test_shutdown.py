@@ -31,8 +31,9 @@ def test_sigterm_lets_in_flight_requests_complete(
         "--bundle", str(reliability_bundle), "--student", student_arg,
         "--max-queue", "1024", "--request-timeout-s", "60",
     ]  # fmt: skip
-    # ~50 tokens each: tens of ms of student time per request even on a fast machine.
-    texts = [" ".join([QUERIES[i % len(QUERIES)]] * 6) for i in range(QUERIES_PER_REQUEST)]
+    # ~200 tokens each: tens of ms of student time per request even on a fast
+    # machine with the int8 student, so the scrape below sees all of them admitted.
+    texts = [" ".join([QUERIES[i % len(QUERIES)]] * 24) for i in range(QUERIES_PER_REQUEST)]
     with running_server(tmp_path, args, name="sigterm") as server:
         assert server.proc is not None
 
