@@ -94,3 +94,16 @@ def test_http_runs_were_answered_without_errors(quick_run: Path) -> None:
     for server in servers:
         for level in server["levels"]:
             assert level["ok"] > 0 and level["errors"] == 0, (server["name"], level)
+
+
+def test_raw_and_http_rows_are_medians_of_interleaved_rounds(quick_run: Path) -> None:
+    query = json.loads((quick_run / "results.json").read_text())["query"]
+    rounds = query["rounds"]
+    assert len(rounds) == 2
+    for key, value in (("raw_p50_ms", query["raw"]["served"]["p50_ms"]),):
+        low, high = min(r[key] for r in rounds), max(r[key] for r in rounds)
+        assert low <= value <= high, (key, value, rounds)
+    search = next(s for s in query["servers"] if s["key"] == "tandem")
+    assert search["levels"][0]["concurrency"] == 1  # counts are not averaged into floats
+    text = (quick_run / "benchmarks.md").read_text()
+    assert "measured in 2 interleaved rounds" in text
