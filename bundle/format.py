@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
@@ -69,6 +69,7 @@ __all__ = [
     "VariantInfo",
     "ViewInfo",
     "BundleView",
+    "VectorSpace",
     "STUDENT_VIEW",
     "current_version_dir",
     "list_versions",
@@ -439,27 +440,97 @@ def load_index(spec: VariantSpec, path: Path, n_docs: int, label: str) -> Any:
     return index
 
 
-class Bundle:
+class VectorSpace:
+    """A document space: full-dimension vectors (memory-mapped) and their variant indexes.
+
+    The bundle's teacher space and each view (e.g. the student's) are one each;
+    indexes are loaded once, on first use, and shared between threads.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        vectors_file: Path,
+        dim: int,
+        n_docs: int,
+        dtype: VectorsDtype,
+        variants: Mapping[str, VariantInfo],
+        described: str,
+    ) -> None:
+        self.path = Path(path)
+        self.vectors_file = vectors_file
+        self.dim = dim
+        self.n_docs = n_docs
+        self._variants = variants
+        self._described = described  # "bundle v0001", "the student view": for messages
+        try:
+            self.vectors: np.ndarray[Any, Any] = np.load(vectors_file, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise BundleError(f"cannot map {vectors_file}: {exc}") from exc
+        expected = NUMPY_DTYPES[dtype]
+        if self.vectors.shape != (n_docs, dim) or self.vectors.dtype != expected:
+            raise BundleError(
+                f"{vectors_file} holds {self.vectors.shape} {self.vectors.dtype}, the manifest "
+                f"says ({n_docs}, {dim}) {np.dtype(expected)}: {described} is out of step with "
+                "the documents; the bundle is corrupt"
+            )
+        self._indexes: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def variant_names(self) -> list[str]:
+        return list(self._variants)
+
+    def variant_path(self, name: str) -> Path:
+        return self.path / self._variants[name].file
+
+    def vector_rows(self) -> VectorFile:
+        """The vectors as a row reader that never maps the file (for builders scanning it)."""
+        return VectorFile(self.vectors_file)
+
+    def spec(self, name: str) -> VariantSpec:
+        if name not in self._variants:
+            raise UnknownVariantError(
+                f"variant {name!r} is not in {self._described}; "
+                f"available: {', '.join(self.variant_names())}"
+            )
+        return VariantSpec.parse(name, self.dim)
+
+    def index(self, name: str) -> Any:
+        """The FAISS index of a variant, loaded once (memory-mapped where possible)."""
+        spec = self.spec(name)
+        with self._lock:
+            index = self._indexes.get(name)
+            if index is None:
+                index = load_index(spec, self.variant_path(name), self.n_docs, self.label(name))
+                self._indexes[name] = index
+            return index
+
+    def label(self, name: str) -> str:
+        """How a variant is named in messages."""
+        return f"variant {name} of {self.path}"
+
+    def close(self) -> None:
+        with self._lock:
+            self._indexes.clear()
+
+
+class Bundle(VectorSpace):
     """A published bundle version, opened read-only; safe to share between threads."""
 
     def __init__(self, path: Path, manifest: Manifest) -> None:
-        self.path = Path(path)
+        path = Path(path)
         self.manifest = manifest
-        self.dim = manifest.dim
-        self.n_docs = manifest.n_docs
         self.version = manifest.version
-        self._check_files()
-        try:
-            self.vectors: np.ndarray[Any, Any] = np.load(self.vectors_file, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"cannot map {self.vectors_file}: {exc}") from exc
-        expected = NUMPY_DTYPES[manifest.vectors_dtype]
-        if self.vectors.shape != (self.n_docs, self.dim) or self.vectors.dtype != expected:
-            raise BundleError(
-                f"{self.vectors_file} holds {self.vectors.shape} {self.vectors.dtype}, "
-                f"the manifest says ({self.n_docs}, {self.dim}) {np.dtype(expected)}: "
-                "the bundle is corrupt"
-            )
+        _check_files(path, manifest)
+        super().__init__(
+            path,
+            path / vectors_file(manifest.vectors_dtype),
+            manifest.dim,
+            manifest.n_docs,
+            manifest.vectors_dtype,
+            manifest.variants,
+            f"bundle {manifest.version}",
+        )
         try:
             self._docs = DocReader(self.docs_file)
             n = self._docs.count()
@@ -469,8 +540,6 @@ class Bundle:
             raise BundleError(
                 f"{self.docs_file} has {n} documents, the manifest says {self.n_docs}"
             )
-        self._indexes: dict[str, Any] = {}
-        self._lock = threading.Lock()
         self.views = {
             name: BundleView(self.path, name, info, self.n_docs)
             for name, info in manifest.views.items()
@@ -479,13 +548,6 @@ class Bundle:
     def view(self, name: str = STUDENT_VIEW) -> BundleView | None:
         """A second document space of this version, or None when it has none."""
         return self.views.get(name)
-
-    def _check_files(self) -> None:
-        missing = [rel for rel in self.manifest.files if not (self.path / rel).is_file()]
-        if missing:
-            raise BundleError(
-                f"bundle {self.path} is missing {', '.join(missing)}: restore or rebuild it"
-            )
 
     def __enter__(self) -> Bundle:
         return self
@@ -497,41 +559,8 @@ class Bundle:
         return f"Bundle({self.path}, {self.n_docs} docs, variants={self.variant_names()})"
 
     @property
-    def vectors_file(self) -> Path:
-        return self.path / vectors_file(self.manifest.vectors_dtype)
-
-    @property
     def docs_file(self) -> Path:
         return self.path / DOCS
-
-    def variant_path(self, name: str) -> Path:
-        return self.path / self.manifest.variants[name].file
-
-    def vector_rows(self) -> VectorFile:
-        """The vectors as a row reader that never maps the file (for builders scanning it)."""
-        return VectorFile(self.vectors_file)
-
-    def variant_names(self) -> list[str]:
-        return list(self.manifest.variants)
-
-    def spec(self, name: str) -> VariantSpec:
-        if name not in self.manifest.variants:
-            raise UnknownVariantError(
-                f"variant {name!r} is not in bundle {self.version}; "
-                f"available: {', '.join(self.variant_names())}"
-            )
-        return VariantSpec.parse(name, self.dim)
-
-    def index(self, name: str) -> Any:
-        """The FAISS index of a variant, loaded once (memory-mapped where possible)."""
-        spec = self.spec(name)
-        with self._lock:
-            index = self._indexes.get(name)
-            if index is None:
-                label = f"variant {name} of {self.path}"
-                index = load_index(spec, self.variant_path(name), self.n_docs, label)
-                self._indexes[name] = index
-            return index
 
     def documents(self, internal_ids: Sequence[int]) -> list[Document]:
         try:
@@ -568,72 +597,41 @@ class Bundle:
         return sizes
 
     def close(self) -> None:
-        with self._lock:
-            self._indexes.clear()
+        super().close()
         for view in self.views.values():
             view.close()
         self._docs.close()
 
 
-class BundleView:
+class BundleView(VectorSpace):
     """One view of a bundle version: its vectors (memory-mapped) and its variant indexes."""
 
     def __init__(self, folder: Path, name: str, info: ViewInfo, n_docs: int) -> None:
-        self.path = Path(folder)
         self.name = name
         self.info = info
-        self.dim = info.dim
-        self.n_docs = n_docs
-        self.vectors_file = self.path / info.vectors
-        try:
-            self.vectors: np.ndarray[Any, Any] = np.load(self.vectors_file, mmap_mode="r")
-        except (OSError, ValueError) as exc:
-            raise BundleError(f"cannot map {self.vectors_file}: {exc}") from exc
-        expected = NUMPY_DTYPES[info.vectors_dtype]
-        if self.vectors.shape != (n_docs, info.dim) or self.vectors.dtype != expected:
-            raise BundleError(
-                f"{self.vectors_file} holds {self.vectors.shape} {self.vectors.dtype}, the "
-                f"manifest says ({n_docs}, {info.dim}) {np.dtype(expected)}: the {name} view is "
-                "out of step with the documents; the bundle is corrupt"
-            )
-        self._indexes: dict[str, Any] = {}
-        self._lock = threading.Lock()
+        folder = Path(folder)
+        super().__init__(
+            folder,
+            folder / info.vectors,
+            info.dim,
+            n_docs,
+            info.vectors_dtype,
+            info.variants,
+            f"the {name} view",
+        )
 
     def qualified(self, variant: str) -> str:
         """The variant's name with its view, e.g. ``student-bin-384``."""
         return f"{self.name}-{variant}"
 
-    def variant_names(self) -> list[str]:
-        return list(self.info.variants)
+    def label(self, name: str) -> str:
+        return self.qualified(name)
 
-    def variant_path(self, name: str) -> Path:
-        return self.path / self.info.variants[name].file
 
-    def vector_rows(self) -> VectorFile:
-        return VectorFile(self.vectors_file)
-
-    def spec(self, name: str) -> VariantSpec:
-        if name not in self.info.variants:
-            raise UnknownVariantError(
-                f"variant {name!r} is not in the {self.name} view; "
-                f"available: {', '.join(self.variant_names())}"
-            )
-        return VariantSpec.parse(name, self.dim)
-
-    def index(self, name: str) -> Any:
-        """The FAISS index of one of the view's variants, loaded once (memory-mapped)."""
-        spec = self.spec(name)
-        with self._lock:
-            index = self._indexes.get(name)
-            if index is None:
-                label = self.qualified(name)
-                index = load_index(spec, self.variant_path(name), self.n_docs, label)
-                self._indexes[name] = index
-            return index
-
-    def close(self) -> None:
-        with self._lock:
-            self._indexes.clear()
+def _check_files(path: Path, manifest: Manifest) -> None:
+    missing = [rel for rel in manifest.files if not (path / rel).is_file()]
+    if missing:
+        raise BundleError(f"bundle {path} is missing {', '.join(missing)}: restore or rebuild it")
 
 
 def open_root(root: Path) -> Bundle:

@@ -76,28 +76,47 @@ class _Settings:
         """Retries made so far by this client (all calls, all threads)."""
         return self._retries
 
-    def count_retry(self) -> None:
+    def request_args(
+        self, method: Method, path: str, body: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        """Keyword arguments of ``httpx.(Async)Client.request`` for one attempt."""
+        return {
+            "method": method,
+            "url": f"{self.url}{path}",
+            "json": body,
+            "headers": self.headers,
+            "timeout": self.timeout,
+        }
+
+    def retry_delay(
+        self, attempt: int, method: str, path: str, outcome: httpx.Response | httpx.TransportError
+    ) -> float:
+        """Seconds to wait before retrying failed attempt ``attempt`` (1-based); raises to give up.
+
+        Both clients' retry loops run on this one decision: a refused connection,
+        429 and 503 are retried under the policy; anything else raises at once.
+        """
+        if isinstance(outcome, httpx.TransportError):
+            # Only a connection that never carried the request is safe to repeat.
+            delay = (
+                self.retry.delay(attempt, None)
+                if isinstance(outcome, _RETRYABLE_TRANSPORT)
+                else None
+            )
+            if delay is None:
+                raise self.unreachable(outcome) from outcome
+            cause = "connection failed"
+        else:
+            delay = None
+            if outcome.status_code in RETRY_STATUSES:
+                retry_after = parse_retry_after(outcome.headers.get("retry-after"))
+                delay = self.retry.delay(attempt, retry_after)
+            if delay is None:
+                raise self.fail(outcome)
+            cause = str(outcome.status_code)
+        logger.debug("%s %s: %s, retry %d in %.2fs", method, path, cause, attempt, delay)
         with self._lock:
             self._retries += 1
-
-    def next_delay(
-        self, attempt: int, response: httpx.Response | None, method: str, path: str
-    ) -> float | None:
-        """Seconds to wait after failed attempt ``attempt`` (1-based), or None to give up.
-
-        ``response`` is None when the connection failed before anything was sent.
-        """
-        if response is None:
-            delay = self.retry.delay(attempt, None)
-            cause = "connection failed"
-        elif response.status_code in RETRY_STATUSES:
-            retry_after = parse_retry_after(response.headers.get("retry-after"))
-            delay = self.retry.delay(attempt, retry_after)
-            cause = str(response.status_code)
-        else:
-            return None
-        if delay is not None:
-            logger.debug("%s %s: %s, retry %d in %.2fs", method, path, cause, attempt, delay)
         return delay
 
     def fail(self, response: httpx.Response) -> TandemAPIError:
@@ -257,33 +276,18 @@ class TandemClient:
     def _request(
         self, method: Method, path: str, body: dict[str, Any] | None = None
     ) -> httpx.Response:
-        settings = self._settings
         attempt = 0
         while True:
             attempt += 1
-            response: httpx.Response | None = None
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = self._http.request(
-                    method,
-                    f"{settings.url}{path}",
-                    json=body,
-                    headers=settings.headers,
-                    timeout=settings.timeout,
-                )
-            except _RETRYABLE_TRANSPORT as exc:
-                delay = settings.next_delay(attempt, None, method, path)
-                if delay is None:
-                    raise settings.unreachable(exc) from exc
+                outcome = self._http.request(**self._settings.request_args(method, path, body))
             except httpx.TransportError as exc:
-                raise settings.unreachable(exc) from exc
+                outcome = exc
             else:
-                if response.is_success:
-                    return response
-                delay = settings.next_delay(attempt, response, method, path)
-                if delay is None:
-                    raise settings.fail(response)
-            settings.count_retry()
-            time.sleep(delay)
+                if outcome.is_success:
+                    return outcome
+            time.sleep(self._settings.retry_delay(attempt, method, path, outcome))
 
     def close(self) -> None:
         """Close the connection pool (only if this client created it)."""
@@ -400,33 +404,19 @@ class AsyncTandemClient:
     async def _request(
         self, method: Method, path: str, body: dict[str, Any] | None = None
     ) -> httpx.Response:
-        settings = self._settings
         attempt = 0
         while True:
             attempt += 1
-            response: httpx.Response | None = None
+            outcome: httpx.Response | httpx.TransportError
             try:
-                response = await self._http.request(
-                    method,
-                    f"{settings.url}{path}",
-                    json=body,
-                    headers=settings.headers,
-                    timeout=settings.timeout,
-                )
-            except _RETRYABLE_TRANSPORT as exc:
-                delay = settings.next_delay(attempt, None, method, path)
-                if delay is None:
-                    raise settings.unreachable(exc) from exc
+                args = self._settings.request_args(method, path, body)
+                outcome = await self._http.request(**args)
             except httpx.TransportError as exc:
-                raise settings.unreachable(exc) from exc
+                outcome = exc
             else:
-                if response.is_success:
-                    return response
-                delay = settings.next_delay(attempt, response, method, path)
-                if delay is None:
-                    raise settings.fail(response)
-            settings.count_retry()
-            await asyncio.sleep(delay)
+                if outcome.is_success:
+                    return outcome
+            await asyncio.sleep(self._settings.retry_delay(attempt, method, path, outcome))
 
     async def aclose(self) -> None:
         """Close the connection pool (only if this client created it)."""
