@@ -12,11 +12,14 @@ drop is within ``max_drop``.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-from tandem.bundle.format import open_bundle
+from tandem.bundle.format import Bundle, open_bundle
+from tandem.bundle.search import SearchPlan, SearchTarget, search
+from tandem.bundle.variants import VariantSpec, build_index
 from tandem.evaluation.metrics import evaluate, run_from_hits
 from tandem.models.card import Int8Quality, ModelCard
 from tandem.models.encoder import Encoder
@@ -30,33 +33,26 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_DROP = 0.005
 K = 10
-SCORE_ROWS = 4096  # document rows scored per matrix product (bounded memory)
 
 
 class GuardError(ModelError):
     """The guard cannot run: no int8 graph, or a bundle of another teacher."""
 
 
-def exact_top_k(
-    queries: npt.NDArray[np.float32], vectors: npt.NDArray[np.generic], k: int
-) -> npt.NDArray[np.int64]:
-    """Row ids of the k best inner products per query, best first (exact, in blocks)."""
-    best_ids = np.empty((len(queries), 0), dtype=np.int64)
-    best_scores = np.empty((len(queries), 0), dtype=np.float32)
-    for start in range(0, len(vectors), SCORE_ROWS):
-        block = np.asarray(vectors[start : start + SCORE_ROWS], dtype=np.float32)
-        scores = np.concatenate([best_scores, queries @ block.T], axis=1)
-        ids = np.concatenate(
-            [
-                best_ids,
-                np.broadcast_to(np.arange(start, start + len(block)), (len(queries), len(block))),
-            ],
-            axis=1,
-        )
-        keep = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        best_scores = np.take_along_axis(scores, keep, axis=1)
-        best_ids = np.take_along_axis(ids, keep, axis=1)
-    return best_ids
+def exact_search(bundle: Bundle) -> Callable[[npt.NDArray[np.float32]], npt.NDArray[np.int64]]:
+    """Exact search of the bundle's full-dimension vectors through the server's search core."""
+    spec = VariantSpec.parse(f"f32-{bundle.dim}", bundle.dim)
+    if spec.name in bundle.variant_names():
+        index = bundle.index(spec.name)
+    else:
+        index = build_index(spec, bundle.vectors)
+    target = SearchTarget(bundle.vectors, {spec.name: spec}, {spec.name: index})
+    plan = SearchPlan(variant=spec.name, k=K, rescore=False)
+
+    def ids(queries: npt.NDArray[np.float32]) -> npt.NDArray[np.int64]:
+        return search(target, queries, plan).padded(K)[1]  # (n, K) internal ids, -1 padded
+
+    return ids
 
 
 def guard_int8(
@@ -75,12 +71,13 @@ def guard_int8(
         manifest = bundle.manifest
         check_pair(card, manifest.teacher_name, manifest.teacher_fingerprint)
         doc_ids = bundle.external_ids()
+        ranked = exact_search(bundle)
         texts = eval_set.query_texts
         ndcg: dict[str, float] = {}
         for precision in ("fp32", "int8"):
             encoder = Encoder(student, precision=precision, device="cpu")
             queries = encoder.encode(texts, kind="query")
-            ids = exact_top_k(queries, bundle.vectors, K)
+            ids = ranked(queries)
             run = run_from_hits(eval_set.query_ids, ids, doc_ids)
             ndcg[precision] = evaluate(eval_set.qrels, run, ["ndcg@10"])["ndcg@10"]
             logger.info("%s %s: nDCG@10 %.4f", card.name, precision, ndcg[precision])
