@@ -247,16 +247,22 @@ def build_variants(
     specs: Sequence[VariantSpec],
     vectors: VectorFile | np.ndarray[Any, Any],
     progress: Progress,
+    view: str | None = None,
 ) -> dict[str, VariantInfo]:
-    """Build each variant from the stored vectors into the stage, one at a time."""
+    """Build each variant from the stored vectors into the stage, one at a time.
+
+    ``view``: the variants of that view (e.g. the student's), not the teacher's.
+    """
     infos: dict[str, VariantInfo] = {}
     for spec in specs:
-        progress.phase(f"variant {spec.name}", total=int(vectors.shape[0]))
+        label = f"{view} variant {spec.name}" if view else f"variant {spec.name}"
+        progress.phase(label, total=int(vectors.shape[0]))
         started = time.perf_counter()
         index, params = build_index_with_params(spec, vectors, VARIANT_CHUNK, progress.advance)
-        write_index(spec, index, stage.variant_path(spec.name))
+        path = stage.view_variant_path(view, spec.name) if view else stage.variant_path(spec.name)
+        write_index(spec, index, path)
         infos[spec.name] = stage.variant_info(
-            spec.name, int(index.ntotal), time.perf_counter() - started, params
+            spec.name, int(index.ntotal), time.perf_counter() - started, params, view=view
         )
         del index
     return infos
@@ -357,13 +363,13 @@ def build_bundle(
             views = {}
             if student is not None:
                 from tandem.bundle.format import STUDENT_VIEW
-                from tandem.indexer.views import build_view_variants, view_info
+                from tandem.indexer.views import view_info
 
                 path = stage.view_vectors_path(STUDENT_VIEW, vectors_dtype)
                 stage.adopt(work / WORK_STUDENT_VECTORS, path)
                 with VectorFile(path) as student_vectors:
-                    view_variants = build_view_variants(
-                        stage, student_specs, student_vectors, progress
+                    view_variants = build_variants(
+                        stage, student_specs, student_vectors, progress, view=STUDENT_VIEW
                     )
                 views[STUDENT_VIEW] = view_info(
                     stage,

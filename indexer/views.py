@@ -36,9 +36,7 @@ from tandem.bundle.format import (
     view_vectors_file,
 )
 from tandem.bundle.variants import (
-    VariantSpec,
     add_vectors,
-    build_index_with_params,
     parse_variants,
     read_index,
     reserve_codes,
@@ -51,6 +49,7 @@ from tandem.indexer.build import (
     EmbedSettings,
     NoProgress,
     Progress,
+    build_variants,
     embed_rows,
     tandem_version,
 )
@@ -129,27 +128,6 @@ def check_student(info: ViewInfo, student: Encoder) -> None:
             f"(fingerprint {info.fingerprint[:12]}), not by {student.card.name} "
             f"({student.card.fingerprint[:12]}): pass --student {info.spec}"
         )
-
-
-def build_view_variants(
-    stage: BundleStage,
-    specs: Sequence[VariantSpec],
-    vectors: VectorFile | np.ndarray[Any, Any],
-    progress: Progress,
-    view: str = STUDENT_VIEW,
-) -> dict[str, VariantInfo]:
-    """Build each of a view's variants from its stored vectors, one at a time."""
-    infos: dict[str, VariantInfo] = {}
-    for spec in specs:
-        progress.phase(f"{view} variant {spec.name}", total=int(vectors.shape[0]))
-        started = time.perf_counter()
-        index, params = build_index_with_params(spec, vectors, VARIANT_CHUNK, progress.advance)
-        write_index(spec, index, stage.view_variant_path(view, spec.name))
-        infos[spec.name] = stage.variant_info(
-            spec.name, int(index.ntotal), time.perf_counter() - started, params, view=view
-        )
-        del index
-    return infos
 
 
 def embed_view(
@@ -238,7 +216,7 @@ def compact_view(
                 vectors.write_block(start, old.read_rows(rows))
                 progress.advance(int(rows.size))
             specs = [view.spec(v) for v in view.variant_names()]
-            variants = build_view_variants(stage, specs, vectors, progress, view=name)
+            variants = build_variants(stage, specs, vectors, progress, view=name)
         out[name] = info.model_copy(update={"variants": variants})
     return out
 
@@ -282,7 +260,9 @@ def add_view(
                     stage, side, parent.n_docs, dtype, settings, cache, progress
                 ) as vectors:
                     embed_seconds = time.perf_counter() - started
-                    view_variants = build_view_variants(stage, specs, vectors, progress)
+                    view_variants = build_variants(
+                        stage, specs, vectors, progress, view=STUDENT_VIEW
+                    )
                 info = view_info(
                     stage, side, dtype, view_variants, {"embed_seconds": round(embed_seconds, 3)}
                 )
