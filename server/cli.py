@@ -139,12 +139,8 @@ def serve(**flags: Any) -> None:
 
 def preflight_milvus_settings(settings: ServerSettings) -> str:
     """Connect to Milvus and check the collection against the student before binding a port."""
-    assert settings.milvus_uri is not None and settings.collection is not None
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
     return preflight_milvus(
-        settings.milvus_uri,
-        settings.collection,
-        token,
+        *settings.milvus_target(),
         settings.student,
         settings.variant,
         settings.allow_unaligned,

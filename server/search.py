@@ -468,12 +468,8 @@ class _SearchRun:
 
 def load_milvus_from(settings: ServerSettings, encoder: Encoder) -> LoadedBundle:
     """The Milvus collection the settings name, checked against the student."""
-    assert settings.milvus_uri is not None and settings.collection is not None
-    token = settings.milvus_token.get_secret_value() if settings.milvus_token else None
     return load_milvus(
-        settings.milvus_uri,
-        settings.collection,
-        token,
+        *settings.milvus_target(),
         encoder.card,
         settings.variant,
         allow_unaligned=settings.allow_unaligned,

@@ -211,6 +211,13 @@ class ServerSettings(BaseSettings):
     def max_wait_s(self) -> float:
         return self.max_wait_ms / 1000.0
 
+    def milvus_target(self) -> tuple[str, str, str | None]:
+        """(URI, collection, token) of the Milvus backend; only with ``backend="milvus"``."""
+        if self.milvus_uri is None or self.collection is None:
+            raise ValueError("the Milvus backend needs milvus_uri and collection")
+        token = self.milvus_token.get_secret_value() if self.milvus_token else None
+        return self.milvus_uri, self.collection, token
+
     def redacted(self) -> dict[str, Any]:
         """The effective configuration, fit for a log line (the API key never appears)."""
         data = self.model_dump(mode="json")
