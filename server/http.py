@@ -8,17 +8,34 @@ size. This protocol restores the bound: bytes received while the parser is
 still inside a request head are counted, and past ``MAX_HEAD_BYTES`` the
 client gets a 431 and the connection is closed, before the head is ever
 complete.
+
+It also tells the app how many requests are in flight (``requests_in_flight``),
+so a request that is alone can skip the micro-batcher's thread hop.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tandem.server.errors import error_body
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 MAX_HEAD_BYTES = 16 * 1024  # as h11's default limit in uvicorn
+# Scope key: a callable giving the requests this process has started and not answered.
+IN_FLIGHT_KEY = "tandem.requests_in_flight"
+
+
+def requests_in_flight(scope: Mapping[str, Any]) -> int | None:
+    """Requests in flight in this server process, this one included (None: unknown).
+
+    Counted by the protocol as each request head is parsed, so requests read in
+    the same poll count before any of them runs: a handler that sees 1 is
+    truly alone. Another server (or protocol) does not set it.
+    """
+    count: Callable[[], int] | None = scope.get(IN_FLIGHT_KEY)
+    return count() if count is not None else None
 
 
 def _head_too_large() -> bytes:
@@ -58,7 +75,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if size > MAX_HEAD_BYTES:
             self._refuse()
             raise _HeadTooLarge  # httptools stops parsing; the app never sees the request
+        self.scope[IN_FLIGHT_KEY] = self._in_flight  # type: ignore[literal-required]
         super().on_headers_complete()
+
+    def _in_flight(self) -> int:
+        # uvicorn's set of running request tasks, shared by every connection of the server
+        return len(self.tasks)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

@@ -131,6 +131,11 @@ class Metrics:
             buckets=BATCH_TOKEN_BUCKETS,
             registry=r,
         )
+        self.inline_runs = Counter(
+            "tandem_inline_runs",
+            "lone one-query runs done on the event loop (no hop to the encoder thread)",
+            registry=r,
+        )
         self.batch_failures = Counter(
             "tandem_batch_failures", "ONNX runs that failed, by cause", ["cause"], registry=r
         )

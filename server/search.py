@@ -82,6 +82,7 @@ class SearchService:
             metrics=metrics,
             stage=_SearchStage(self),
             thread_init=self._thread_init,
+            inline_lone=settings.inline_lone,
         )
         # Tokenizes requests too large to tokenize on the event loop.
         self._tokenizer_pool = ThreadPoolExecutor(1, thread_name_prefix="tandem-tokenize")
@@ -213,8 +214,14 @@ class SearchService:
             )
 
     # -- search ------------------------------------------------------------
-    async def search(self, queries: list[str], options: SearchOptions) -> list[QueryResult]:
-        """Answer each query with the same options (one item of the micro-batch for all)."""
+    async def search(
+        self, queries: list[str], options: SearchOptions, *, in_flight: int | None = None
+    ) -> list[QueryResult]:
+        """Answer each query with the same options (one item of the micro-batch for all).
+
+        ``in_flight``: the HTTP requests this process is answering, this one
+        included (None: unknown); a lone query may run inline (``MicroBatcher``).
+        """
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         validation.check_count(len(queries), self.settings)
@@ -227,7 +234,7 @@ class SearchService:
             self.fused_plan(self._loaded, plan)
         with self.batcher.admission(len(texts)):
             rows, tokenize_s = await self._tokenize(texts)
-            embedded = await self.batcher.embed(rows, deadline, job=options)
+            embedded = await self.batcher.embed(rows, deadline, job=options, in_flight=in_flight)
         found: _Found = embedded.output
         timings = StageTimings(
             queue_s=embedded.queue_s,
@@ -308,7 +315,9 @@ class SearchService:
         return FusedPlan(plan, variant, weight)
 
     # -- embeddings --------------------------------------------------------
-    async def embed(self, texts: list[str], dimensions: int | None) -> Embeddings:
+    async def embed(
+        self, texts: list[str], dimensions: int | None, *, in_flight: int | None = None
+    ) -> Embeddings:
         """Student embeddings (n, dimensions or dim), L2-normalized, and the token count."""
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
         validation.check_count(len(texts), self.settings, "inputs")
@@ -319,7 +328,7 @@ class SearchService:
         with self.batcher.admission(len(texts)):
             rows, tokenize_s = await self._tokenize(texts)
             self.metrics.tokenize_seconds.observe(tokenize_s)
-            embedded = await self.batcher.embed(rows, deadline)
+            embedded = await self.batcher.embed(rows, deadline, in_flight=in_flight)
         vectors = embedded.vectors
         if dimensions is not None and dimensions < vectors.shape[1]:
             vectors = truncate_normalize(vectors, dimensions)  # (n, dimensions)

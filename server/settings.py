@@ -131,6 +131,11 @@ class ServerSettings(BaseSettings):
         description="longest a query waits for others to share its batch (only under "
         "concurrent load: a lone client never waits)",
     )
+    inline_lone: bool = Field(
+        True,
+        description="run a lone query on the event loop when no other request is in flight "
+        "(skips the hop to the encoder thread; measured: 0.1-0.3 ms off a 1.7 ms query)",
+    )
     max_queue: int = Field(
         256,
         ge=1,

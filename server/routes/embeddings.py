@@ -10,6 +10,7 @@ import numpy.typing as npt
 from fastapi import APIRouter, Depends, Request
 from tandem.server.deps import ServiceDep, SettingsDep, require_key
 from tandem.server.errors import ModelNotFound, error_responses
+from tandem.server.http import requests_in_flight
 from tandem.server.routes.responses import FastJSON
 from tandem.server.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList
 
@@ -22,13 +23,14 @@ router = APIRouter(dependencies=[Depends(require_key)], responses=error_response
     responses=error_responses(400, 404, 413, 422, 429),
 )
 async def embeddings(
-    body: EmbeddingsRequest, service: ServiceDep, settings: SettingsDep
+    body: EmbeddingsRequest, request: Request, service: ServiceDep, settings: SettingsDep
 ) -> FastJSON:
     served = settings.served_model_name or service.encoder.name
     if body.model is not None and body.model not in (served, service.encoder.name):
         raise ModelNotFound(f"model {body.model!r} is not served here; this server has {served!r}")
     texts = [body.input] if isinstance(body.input, str) else body.input
-    result = await service.embed(texts, body.dimensions)
+    in_flight = requests_in_flight(request.scope)
+    result = await service.embed(texts, body.dimensions, in_flight=in_flight)
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
         for i, v in enumerate(result.vectors)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 from tandem.models.encoder import Encoder, TokenRows
-from tandem.server.batching import MicroBatcher, split_by_length
+from tandem.server.batching import INLINE_QUIET_S, MicroBatcher, split_by_length
 from tandem.server.errors import DeadlineExceeded, EncoderFailure, Overloaded
 from tandem.server.metrics import Metrics
 
@@ -178,3 +178,57 @@ async def test_mixed_lengths_embed_as_they_do_alone(student: Encoder) -> None:
     solo = student.encode(texts, "query")
     for result, expected in zip(results, solo, strict=True):
         np.testing.assert_allclose(result.vectors[0], expected, atol=1e-5)
+
+
+async def test_a_lone_query_on_a_quiet_server_runs_inline_as_the_thread_would(
+    batcher: MicroBatcher, student: Encoder
+) -> None:
+    threaded = await batcher.embed(tokens(student, TEXTS[1]), deadline())  # count unknown
+    inline = await batcher.embed(tokens(student, TEXTS[1]), deadline(), in_flight=1)
+    assert not threaded.inline and inline.inline and inline.queue_s < threaded.queue_s + 1e-3
+    np.testing.assert_array_equal(inline.vectors, threaded.vectors)
+    assert batcher.metrics.registry.get_sample_value("tandem_inline_runs_total") == 1
+    assert batches_run(batcher) == 2
+
+
+async def test_company_keeps_queries_off_the_loop_for_the_quiet_period(
+    batcher: MicroBatcher, student: Encoder
+) -> None:
+    crowded = await batcher.embed(tokens(student, "busy"), deadline(), in_flight=3)
+    right_after = await batcher.embed(tokens(student, "alone now"), deadline(), in_flight=1)
+    assert not crowded.inline and not right_after.inline
+    await asyncio.sleep(INLINE_QUIET_S * 1.5)
+    later = await batcher.embed(tokens(student, "alone now"), deadline(), in_flight=1)
+    assert later.inline
+    np.testing.assert_array_equal(later.vectors, right_after.vectors)
+    two_rows = student.tokenize_rows(TEXTS[:2], "query")
+    assert not (await batcher.embed(two_rows, deadline(), in_flight=1)).inline
+
+
+async def test_inline_runs_can_be_turned_off(student: Encoder) -> None:
+    b = MicroBatcher(
+        student,
+        max_batch_size=32,
+        max_batch_tokens=8192,
+        max_wait_s=0.002,
+        max_queue=64,
+        retry_after_s=1,
+        metrics=Metrics(),
+        inline_lone=False,
+    )
+    b.start()
+    try:
+        assert not (await b.embed(tokens(student, "alone"), deadline(), in_flight=1)).inline
+    finally:
+        await b.stop()
+
+
+async def test_an_inline_failure_reaches_the_caller_and_readiness(
+    batcher: MicroBatcher, student: Encoder
+) -> None:
+    bad = TokenRows([np.full(4, 10**9, dtype=np.int64)], [False])
+    with pytest.raises(EncoderFailure):
+        await batcher.embed(bad, deadline(), in_flight=1)
+    assert not batcher.healthy
+    assert (await batcher.embed(tokens(student, "fine"), deadline(), in_flight=1)).inline
+    assert batcher.healthy

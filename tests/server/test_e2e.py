@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -9,8 +11,10 @@ import numpy as np
 import pytest
 from tandem.bundle.format import open_bundle
 from tandem.models.encoder import Encoder
+from tandem.server.batching import INLINE_QUIET_S
 
 from tests.support.server import (
+    API_KEY,
     QUERIES,
     VARIANTS,
     ServerProcess,
@@ -113,3 +117,37 @@ def test_metrics_appear_and_move(server: ServerProcess, client: httpx.Client) ->
     info = [k for k in after if k[0] == "tandem_bundle_info" and after[k] == 1]
     assert len(info) == 1 and dict(info[0][1])["version"] == "v0001"
     assert any(k[0] == "tandem_model_info" for k in after)
+
+
+def test_lone_queries_run_inline_and_a_burst_is_batched_with_the_same_answers(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """Sequential queries skip the thread hop (uvicorn's request count says they are alone);
+    concurrent ones share batches; both paths give the same hits."""
+    request = {"k": 5, "variant": "f32-768", "include_text": False}
+    time.sleep(INLINE_QUIET_S * 2)  # no request of an earlier test counts as company
+    before = scrape(server.url)
+    alone = [client.post("/search", json={**request, "query": q}).json() for q in QUERIES]
+    middle = scrape(server.url)
+    assert metric(middle, "tandem_inline_runs_total") - metric(
+        before, "tandem_inline_runs_total"
+    ) == len(QUERIES)
+
+    def ask(text: str) -> dict[str, object]:
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        with httpx.Client(base_url=server.url, headers=headers, timeout=30) as own:
+            answer: dict[str, object] = own.post("/search", json={**request, "query": text}).json()
+            return answer
+
+    texts = QUERIES * 4
+    with ThreadPoolExecutor(8) as pool:
+        crowd = list(pool.map(ask, texts))
+    after = scrape(server.url)
+    inline = metric(after, "tandem_inline_runs_total") - metric(middle, "tandem_inline_runs_total")
+    batches = metric(after, "tandem_batch_size_count") - metric(middle, "tandem_batch_size_count")
+    assert inline < len(texts) and batches < len(texts)  # company was seen: batches formed
+    by_text = dict(zip(QUERIES, alone, strict=True))
+    for text, answer in zip(texts, crowd, strict=True):
+        assert [h["id"] for h in answer["results"]] == [  # type: ignore[attr-defined]
+            h["id"] for h in by_text[text]["results"]
+        ]
