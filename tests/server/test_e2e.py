@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -133,21 +135,29 @@ def test_lone_queries_run_inline_and_a_burst_is_batched_with_the_same_answers(
         before, "tandem_inline_runs_total"
     ) == len(QUERIES)
 
-    def ask(text: str) -> dict[str, object]:
+    start = threading.Barrier(8)
+
+    def user(offset: int) -> list[dict[str, Any]]:
+        # Connected first, then all at once: the server sees the requests overlap.
         headers = {"Authorization": f"Bearer {API_KEY}"}
         with httpx.Client(base_url=server.url, headers=headers, timeout=30) as own:
-            answer: dict[str, object] = own.post("/search", json={**request, "query": text}).json()
-            return answer
+            own.get("/healthz")
+            start.wait()
+            return [
+                own.post(
+                    "/search", json={**request, "query": QUERIES[(offset + j) % len(QUERIES)]}
+                ).json()
+                for j in range(4)
+            ]
 
-    texts = QUERIES * 4
     with ThreadPoolExecutor(8) as pool:
-        crowd = list(pool.map(ask, texts))
+        answers = list(pool.map(user, range(8)))
+    texts = [QUERIES[(offset + j) % len(QUERIES)] for offset in range(8) for j in range(4)]
+    crowd = [a for per_user in answers for a in per_user]
     after = scrape(server.url)
     inline = metric(after, "tandem_inline_runs_total") - metric(middle, "tandem_inline_runs_total")
     batches = metric(after, "tandem_batch_size_count") - metric(middle, "tandem_batch_size_count")
     assert inline < len(texts) and batches < len(texts)  # company was seen: batches formed
     by_text = dict(zip(QUERIES, alone, strict=True))
     for text, answer in zip(texts, crowd, strict=True):
-        assert [h["id"] for h in answer["results"]] == [  # type: ignore[attr-defined]
-            h["id"] for h in by_text[text]["results"]
-        ]
+        assert [h["id"] for h in answer["results"]] == [h["id"] for h in by_text[text]["results"]]
