@@ -225,8 +225,15 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         item = _Item(rows, job, deadline, loop.create_future())
         if self._quiet_for(item, in_flight):
+            # The same deadline as a queued request's: none is run once past it,
+            # and an answer that comes after it is refused.
+            if loop.time() >= deadline:
+                raise self._deadline_exceeded()
             self._run_inline(item)
-            return item.future.result()  # set above: a result or the batch's error
+            embedded = item.future.result()  # set above: a result or the batch's error
+            if loop.time() > deadline:
+                raise self._deadline_exceeded()
+            return embedded
         self._pending.append(item)
         self.metrics.queue_depth.inc(rows.size)
         self._wakeup.set()
@@ -234,11 +241,13 @@ class MicroBatcher:
             async with asyncio.timeout_at(deadline):
                 return await item.future
         except TimeoutError:
-            self.metrics.rejected.labels(reason="deadline").inc()
-            raise DeadlineExceeded(
-                "deadline exceeded while waiting for the encoder",
-                retry_after_s=self.retry_after_s,
-            ) from None
+            raise self._deadline_exceeded() from None
+
+    def _deadline_exceeded(self) -> DeadlineExceeded:
+        self.metrics.rejected.labels(reason="deadline").inc()
+        return DeadlineExceeded(
+            "deadline exceeded while waiting for the encoder", retry_after_s=self.retry_after_s
+        )
 
     # -- owner task --------------------------------------------------------
     async def _run(self) -> None:

@@ -232,3 +232,16 @@ async def test_an_inline_failure_reaches_the_caller_and_readiness(
     assert not batcher.healthy
     assert (await batcher.embed(tokens(student, "fine"), deadline(), in_flight=1)).inline
     assert batcher.healthy
+
+
+async def test_an_inline_query_keeps_the_deadline(batcher: MicroBatcher, student: Encoder) -> None:
+    loop = asyncio.get_running_loop()
+    with pytest.raises(DeadlineExceeded):
+        await batcher.embed(tokens(student, "too late"), loop.time() - 1, in_flight=1)
+    assert batches_run(batcher) == 0  # refused before running
+    long = tokens(student, " ".join(TEXTS * 8))  # a forward pass far longer than 0.1 ms
+    with pytest.raises(DeadlineExceeded):  # answered after its deadline: refused too
+        await batcher.embed(long, loop.time() + 1e-4, in_flight=1)
+    assert batches_run(batcher) == 1
+    labels = {"reason": "deadline"}
+    assert batcher.metrics.registry.get_sample_value("tandem_rejected_total", labels) == 2
