@@ -9,8 +9,9 @@ still inside a request head are counted, and past ``MAX_HEAD_BYTES`` the
 client gets a 431 and the connection is closed, before the head is ever
 complete.
 
-It also tells the app how many requests are in flight (``requests_in_flight``),
-so a request that is alone can skip the micro-batcher's thread hop.
+It also tells the app how many requests are in flight (``requests_in_flight``)
+and how many clients are connected (``open_connections``), so a request that
+is alone can skip the micro-batcher's thread hop.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 MAX_HEAD_BYTES = 16 * 1024  # as h11's default limit in uvicorn
 # Scope key: a callable giving the requests this process has started and not answered.
 IN_FLIGHT_KEY = "tandem.requests_in_flight"
+# Scope key: a callable giving the connections this process holds open.
+CONNECTIONS_KEY = "tandem.open_connections"
 
 
 def requests_in_flight(scope: Mapping[str, Any]) -> int | None:
@@ -35,6 +38,16 @@ def requests_in_flight(scope: Mapping[str, Any]) -> int | None:
     truly alone. Another server (or protocol) does not set it.
     """
     count: Callable[[], int] | None = scope.get(IN_FLIGHT_KEY)
+    return count() if count is not None else None
+
+
+def open_connections(scope: Mapping[str, Any]) -> int | None:
+    """Connections this server process holds open, idle keep-alive ones included (None: unknown).
+
+    Many open connections mean many clients, whose next requests may arrive
+    while this one runs, even when none is in flight at this instant.
+    """
+    count: Callable[[], int] | None = scope.get(CONNECTIONS_KEY)
     return count() if count is not None else None
 
 
@@ -76,11 +89,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._refuse()
             raise _HeadTooLarge  # httptools stops parsing; the app never sees the request
         self.scope[IN_FLIGHT_KEY] = self._in_flight  # type: ignore[literal-required]
+        self.scope[CONNECTIONS_KEY] = self._connections  # type: ignore[literal-required]
         super().on_headers_complete()
 
     def _in_flight(self) -> int:
         # uvicorn's set of running request tasks, shared by every connection of the server
         return len(self.tasks)
+
+    def _connections(self) -> int:
+        # uvicorn's set of open connections (protocols), shared the same way
+        return len(self.connections)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:

@@ -215,12 +215,18 @@ class SearchService:
 
     # -- search ------------------------------------------------------------
     async def search(
-        self, queries: list[str], options: SearchOptions, *, in_flight: int | None = None
+        self,
+        queries: list[str],
+        options: SearchOptions,
+        *,
+        in_flight: int | None = None,
+        connections: int | None = None,
     ) -> list[QueryResult]:
         """Answer each query with the same options (one item of the micro-batch for all).
 
-        ``in_flight``: the HTTP requests this process is answering, this one
-        included (None: unknown); a lone query may run inline (``MicroBatcher``).
+        ``in_flight`` and ``connections``: the HTTP requests this process is
+        answering (this one included) and the connections it holds open (None:
+        unknown); a lone query may run inline (``MicroBatcher``).
         """
         started = time.perf_counter()
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
@@ -234,7 +240,9 @@ class SearchService:
             self.fused_plan(self._loaded, plan)
         with self.batcher.admission(len(texts)):
             rows, tokenize_s = await self._tokenize(texts)
-            embedded = await self.batcher.embed(rows, deadline, job=options, in_flight=in_flight)
+            embedded = await self.batcher.embed(
+                rows, deadline, job=options, in_flight=in_flight, connections=connections
+            )
         found: _Found = embedded.output
         timings = StageTimings(
             queue_s=embedded.queue_s,
@@ -316,7 +324,12 @@ class SearchService:
 
     # -- embeddings --------------------------------------------------------
     async def embed(
-        self, texts: list[str], dimensions: int | None, *, in_flight: int | None = None
+        self,
+        texts: list[str],
+        dimensions: int | None,
+        *,
+        in_flight: int | None = None,
+        connections: int | None = None,
     ) -> Embeddings:
         """Student embeddings (n, dimensions or dim), L2-normalized, and the token count."""
         deadline = asyncio.get_running_loop().time() + self.settings.request_timeout_s
@@ -328,7 +341,9 @@ class SearchService:
         with self.batcher.admission(len(texts)):
             rows, tokenize_s = await self._tokenize(texts)
             self.metrics.tokenize_seconds.observe(tokenize_s)
-            embedded = await self.batcher.embed(rows, deadline, in_flight=in_flight)
+            embedded = await self.batcher.embed(
+                rows, deadline, in_flight=in_flight, connections=connections
+            )
         vectors = embedded.vectors
         if dimensions is not None and dimensions < vectors.shape[1]:
             vectors = truncate_normalize(vectors, dimensions)  # (n, dimensions)

@@ -10,7 +10,7 @@ import numpy.typing as npt
 from fastapi import APIRouter, Depends, Request
 from tandem.server.deps import ServiceDep, SettingsDep, require_key
 from tandem.server.errors import ModelNotFound, error_responses
-from tandem.server.http import requests_in_flight
+from tandem.server.http import open_connections, requests_in_flight
 from tandem.server.routes.responses import FastJSON
 from tandem.server.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList
 
@@ -29,8 +29,12 @@ async def embeddings(
     if body.model is not None and body.model not in (served, service.encoder.name):
         raise ModelNotFound(f"model {body.model!r} is not served here; this server has {served!r}")
     texts = [body.input] if isinstance(body.input, str) else body.input
-    in_flight = requests_in_flight(request.scope)
-    result = await service.embed(texts, body.dimensions, in_flight=in_flight)
+    result = await service.embed(
+        texts,
+        body.dimensions,
+        in_flight=requests_in_flight(request.scope),
+        connections=open_connections(request.scope),
+    )
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}
         for i, v in enumerate(result.vectors)

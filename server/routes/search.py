@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from tandem.server.deps import ServiceDep, require_key
 from tandem.server.domain import ALL_FIELDS, HitField, QueryResult, SearchOptions
 from tandem.server.errors import error_responses
-from tandem.server.http import requests_in_flight
+from tandem.server.http import open_connections, requests_in_flight
 from tandem.server.routes.responses import FastJSON
 from tandem.server.schemas import (
     BatchSearchRequest,
@@ -24,15 +24,23 @@ SEARCHING = error_responses(400, 413, 422, 429)
 
 @router.post("/search", response_model=SearchResponse, responses=SEARCHING)
 async def search(body: SearchRequest, request: Request, service: ServiceDep) -> FastJSON:
-    in_flight = requests_in_flight(request.scope)
-    (result,) = await service.search([body.query], options_of(body), in_flight=in_flight)
+    (result,) = await service.search(
+        [body.query],
+        options_of(body),
+        in_flight=requests_in_flight(request.scope),
+        connections=open_connections(request.scope),
+    )
     return FastJSON(result_body(result), headers=timing_headers(result))
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, responses=SEARCHING)
 async def search_batch(body: BatchSearchRequest, request: Request, service: ServiceDep) -> FastJSON:
-    in_flight = requests_in_flight(request.scope)
-    results = await service.search(body.queries, options_of(body), in_flight=in_flight)
+    results = await service.search(
+        body.queries,
+        options_of(body),
+        in_flight=requests_in_flight(request.scope),
+        connections=open_connections(request.scope),
+    )
     return FastJSON(
         {"results": [result_body(r) for r in results]}, headers=timing_headers(results[0])
     )

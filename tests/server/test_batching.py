@@ -8,9 +8,15 @@ from collections.abc import AsyncIterator
 import numpy as np
 import pytest
 from tandem.models.encoder import Encoder, TokenRows
-from tandem.server.batching import INLINE_QUIET_S, MicroBatcher, split_by_length
+from tandem.server.batching import (
+    INLINE_MAX_CONNECTIONS,
+    INLINE_QUIET_S,
+    MicroBatcher,
+    split_by_length,
+)
 from tandem.server.errors import DeadlineExceeded, EncoderFailure, Overloaded
 from tandem.server.metrics import Metrics
+from tandem.server.settings import ServerSettings
 
 TEXTS = [
     "a short query",
@@ -205,6 +211,23 @@ async def test_company_keeps_queries_off_the_loop_for_the_quiet_period(
     assert not (await batcher.embed(two_rows, deadline(), in_flight=1)).inline
 
 
+async def test_many_open_connections_keep_queries_off_the_loop(
+    batcher: MicroBatcher, student: Encoder
+) -> None:
+    """Many clients between their requests are still company: the next ones may land mid-run."""
+    few, many = INLINE_MAX_CONNECTIONS, INLINE_MAX_CONNECTIONS + 1
+    assert (
+        await batcher.embed(tokens(student, "q"), deadline(), in_flight=1, connections=few)
+    ).inline
+    crowded = await batcher.embed(tokens(student, "q"), deadline(), in_flight=1, connections=many)
+    right_after = await batcher.embed(tokens(student, "q"), deadline(), in_flight=1, connections=1)
+    assert not crowded.inline and not right_after.inline  # the quiet period starts again
+    await asyncio.sleep(INLINE_QUIET_S * 1.5)
+    assert (
+        await batcher.embed(tokens(student, "q"), deadline(), in_flight=1, connections=1)
+    ).inline
+
+
 async def test_inline_runs_can_be_turned_off(student: Encoder) -> None:
     b = MicroBatcher(
         student,
@@ -245,3 +268,8 @@ async def test_an_inline_query_keeps_the_deadline(batcher: MicroBatcher, student
     assert batches_run(batcher) == 1
     labels = {"reason": "deadline"}
     assert batcher.metrics.registry.get_sample_value("tandem_rejected_total", labels) == 2
+
+
+def test_the_inline_setting_names_the_connection_bound() -> None:
+    description = ServerSettings.model_fields["inline_lone"].description or ""
+    assert f"at most {INLINE_MAX_CONNECTIONS} clients are connected" in description

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from tandem.bundle.format import open_bundle
 from tandem.models.encoder import Encoder
-from tandem.server.batching import INLINE_QUIET_S
+from tandem.server.batching import INLINE_MAX_CONNECTIONS, INLINE_QUIET_S
 
 from tests.support.server import (
     API_KEY,
@@ -161,3 +161,32 @@ def test_lone_queries_run_inline_and_a_burst_is_batched_with_the_same_answers(
     by_text = dict(zip(QUERIES, alone, strict=True))
     for text, answer in zip(texts, crowd, strict=True):
         assert [h["id"] for h in answer["results"]] == [h["id"] for h in by_text[text]["results"]]
+
+
+def test_many_connected_clients_keep_a_lone_query_off_the_loop(
+    server: ServerProcess, client: httpx.Client
+) -> None:
+    """Idle keep-alive clients are company: their next requests could land mid-run."""
+    request = {"query": QUERIES[0], "k": 5, "variant": "f32-768", "include_text": False}
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    others = [
+        httpx.Client(base_url=server.url, headers=headers) for _ in range(INLINE_MAX_CONNECTIONS)
+    ]
+    try:
+        for other in others:
+            assert other.get("/healthz").status_code == 200  # connected, then idle
+        time.sleep(INLINE_QUIET_S * 2)
+        before = scrape(server.url)
+        crowded = [client.post("/search", json=request).json() for _ in range(3)]
+        after = scrape(server.url)
+    finally:
+        for other in others:
+            other.close()
+    assert metric(after, "tandem_inline_runs_total") == metric(before, "tandem_inline_runs_total")
+    time.sleep(INLINE_QUIET_S * 2)  # the clients left: a lone query runs inline again
+    alone = client.post("/search", json=request).json()
+    assert (
+        metric(scrape(server.url), "tandem_inline_runs_total")
+        == metric(after, "tandem_inline_runs_total") + 1
+    )
+    assert alone["results"] == crowded[0]["results"] == crowded[2]["results"]
