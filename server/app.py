@@ -27,6 +27,7 @@ from tandem.server.hotswap import Reloader
 from tandem.server.metrics import Metrics
 from tandem.server.middleware import BodyLimitAndDisconnect, RequestMetrics
 from tandem.server.routes import ROUTERS
+from tandem.server.routes.hot import HotRoutes
 from tandem.server.search import SearchService
 from tandem.server.settings import ServerSettings
 from tandem.server.state import StartupCheckError
@@ -81,6 +82,8 @@ def create_app(settings: ServerSettings) -> FastAPI:
     app.state.metrics = metrics
     app.state.started_at = int(time.time())
     install_error_handlers(app)
+    if settings.hot_routes:  # innermost: behind the metrics, the body limit and the watch
+        app.add_middleware(HotRoutes)
     app.add_middleware(BodyLimitAndDisconnect, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetrics, metrics=metrics)
     for router in ROUTERS:

@@ -11,6 +11,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from starlette.datastructures import State
 from tandem.server.errors import AdminDisabled, NotReady, Unauthorized
 from tandem.server.hotswap import Reloader
 from tandem.server.metrics import Metrics
@@ -30,7 +31,12 @@ async def get_metrics(request: Request) -> Metrics:
 
 
 async def get_service(request: Request) -> SearchService:
-    service: SearchService | None = getattr(request.app.state, "service", None)
+    return loaded_service(request.app.state)
+
+
+def loaded_service(state: State) -> SearchService:
+    """The service the lifespan loaded, or ``NotReady`` while it is not loaded or draining."""
+    service: SearchService | None = getattr(state, "service", None)
     if service is None or service.draining:
         raise NotReady("the service is not loaded")
     return service
@@ -51,10 +57,15 @@ ReloaderDep = Annotated[Reloader, Depends(get_reloader)]
 
 async def require_key(request: Request, settings: SettingsDep) -> None:
     """With an API key configured, every API route needs ``Authorization: Bearer <key>``."""
+    check_key(settings, request.headers.get("authorization", ""))
+
+
+def check_key(settings: ServerSettings, authorization: str) -> None:
+    """``Unauthorized`` unless no key is configured or ``authorization`` is its bearer token."""
     if settings.api_key is None:
         return
     key = settings.api_key.get_secret_value().encode()
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    scheme, _, token = authorization.partition(" ")
     # compare_digest: the time taken does not reveal how much of the key matched.
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), key):
         raise Unauthorized("missing or invalid API key")

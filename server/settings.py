@@ -137,6 +137,12 @@ class ServerSettings(BaseSettings):
         "and at most 4 clients are connected (skips the hop to the encoder thread; "
         "measured: 0.1-0.3 ms off a 1.7 ms query)",
     )
+    hot_routes: bool = Field(
+        True,
+        description="answer well-formed JSON posts to /search, /search/batch and /v1/embeddings "
+        "without FastAPI's router (same answers; measured: 0.17 ms off a 1.9 ms query, about 8 % "
+        "more queries/s); anything else goes through FastAPI as before",
+    )
     max_queue: int = Field(
         256,
         ge=1,

@@ -8,11 +8,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Depends, Request
+from starlette.types import Scope
 from tandem.server.deps import ServiceDep, SettingsDep, require_key
 from tandem.server.errors import ModelNotFound, error_responses
 from tandem.server.http import open_connections, requests_in_flight
 from tandem.server.routes.responses import FastJSON
 from tandem.server.schemas import EmbeddingsRequest, EmbeddingsResponse, ModelList
+from tandem.server.search import SearchService
+from tandem.server.settings import ServerSettings
 
 router = APIRouter(dependencies=[Depends(require_key)], responses=error_responses(401, 503))
 
@@ -25,6 +28,13 @@ router = APIRouter(dependencies=[Depends(require_key)], responses=error_response
 async def embeddings(
     body: EmbeddingsRequest, request: Request, service: ServiceDep, settings: SettingsDep
 ) -> FastJSON:
+    return await answer_embeddings(body, service, settings, request.scope)
+
+
+async def answer_embeddings(
+    body: EmbeddingsRequest, service: SearchService, settings: ServerSettings, scope: Scope
+) -> FastJSON:
+    """``POST /v1/embeddings``'s answer, from this route or from the hot path (``routes.hot``)."""
     served = settings.served_model_name or service.encoder.name
     if body.model is not None and body.model not in (served, service.encoder.name):
         raise ModelNotFound(f"model {body.model!r} is not served here; this server has {served!r}")
@@ -32,8 +42,8 @@ async def embeddings(
     result = await service.embed(
         texts,
         body.dimensions,
-        in_flight=requests_in_flight(request.scope),
-        connections=open_connections(request.scope),
+        in_flight=requests_in_flight(scope),
+        connections=open_connections(scope),
     )
     data = [
         {"object": "embedding", "index": i, "embedding": _encode(v, body.encoding_format)}

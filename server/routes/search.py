@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from starlette.types import Scope
 from tandem.server.deps import ServiceDep, require_key
 from tandem.server.domain import ALL_FIELDS, HitField, QueryResult, SearchOptions
 from tandem.server.errors import error_responses
@@ -17,6 +18,7 @@ from tandem.server.schemas import (
     SearchResponse,
 )
 from tandem.server.schemas import SearchOptions as SearchOptionsBody
+from tandem.server.search import SearchService
 
 router = APIRouter(dependencies=[Depends(require_key)], responses=error_responses(401, 503))
 SEARCHING = error_responses(400, 413, 422, 429)
@@ -24,22 +26,32 @@ SEARCHING = error_responses(400, 413, 422, 429)
 
 @router.post("/search", response_model=SearchResponse, responses=SEARCHING)
 async def search(body: SearchRequest, request: Request, service: ServiceDep) -> FastJSON:
-    (result,) = await service.search(
-        [body.query],
-        options_of(body),
-        in_flight=requests_in_flight(request.scope),
-        connections=open_connections(request.scope),
-    )
-    return FastJSON(result_body(result), headers=timing_headers(result))
+    return await answer_search(body, service, request.scope)
 
 
 @router.post("/search/batch", response_model=BatchSearchResponse, responses=SEARCHING)
 async def search_batch(body: BatchSearchRequest, request: Request, service: ServiceDep) -> FastJSON:
+    return await answer_batch(body, service, request.scope)
+
+
+async def answer_search(body: SearchRequest, service: SearchService, scope: Scope) -> FastJSON:
+    """``POST /search``'s answer, from this route or from the hot path (``routes.hot``)."""
+    (result,) = await service.search(
+        [body.query],
+        options_of(body),
+        in_flight=requests_in_flight(scope),
+        connections=open_connections(scope),
+    )
+    return FastJSON(result_body(result), headers=timing_headers(result))
+
+
+async def answer_batch(body: BatchSearchRequest, service: SearchService, scope: Scope) -> FastJSON:
+    """``POST /search/batch``'s answer, from this route or from the hot path."""
     results = await service.search(
         body.queries,
         options_of(body),
-        in_flight=requests_in_flight(request.scope),
-        connections=open_connections(request.scope),
+        in_flight=requests_in_flight(scope),
+        connections=open_connections(scope),
     )
     return FastJSON(
         {"results": [result_body(r) for r in results]}, headers=timing_headers(results[0])
