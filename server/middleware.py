@@ -97,16 +97,13 @@ class BodyLimitAndDisconnect:
         handler = asyncio.current_task()
         assert handler is not None  # ASGI apps always run inside a task
         disconnected = asyncio.Event()
-        replayed = False
         response_done = False
 
-        async def replay() -> Message:
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
+        async def after_body() -> Message:
             await disconnected.wait()
             return {"type": "http.disconnect"}
+
+        replay = replay_body(body, after_body)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal response_done
@@ -140,3 +137,17 @@ async def _send_json(send: Send, status: int, body: dict[str, Any]) -> None:
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(payload))]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": payload})
+
+
+def replay_body(body: bytes, then: Receive) -> Receive:
+    """A ``receive`` that gives a body already read, whole, then what ``then`` gives."""
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await then()
+
+    return replay

@@ -26,9 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from tandem.server.deps import check_key, loaded_service
 from tandem.server.errors import error_response
+from tandem.server.middleware import replay_body
 from tandem.server.routes.embeddings import answer_embeddings
 from tandem.server.routes.search import answer_batch, answer_search
 from tandem.server.schemas import BatchSearchRequest, EmbeddingsRequest, SearchRequest
@@ -91,7 +92,7 @@ class HotRoutes:
             request = route.model.model_validate_json(body)
         except ValidationError:
             # FastAPI answers it: the same 422 (or 401 / 503 first) as ever.
-            await self.app(scope, _replay(body, receive), send)
+            await self.app(scope, replay_body(body, receive), send)
             return
         scope["route"] = route  # the metrics label, as FastAPI's route would set it
         state = scope["app"].state
@@ -126,17 +127,3 @@ async def _read_body(receive: Receive) -> bytes | None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def _replay(body: bytes, receive: Receive) -> Receive:
-    """``receive`` that gives the body already read once, then the original messages."""
-    replayed = False
-
-    async def replay() -> Message:
-        nonlocal replayed
-        if not replayed:
-            replayed = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
