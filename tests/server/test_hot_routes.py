@@ -92,6 +92,7 @@ CASES: dict[str, tuple[str, bytes, dict[str, str]]] = {
         json.dumps({"input": QUERIES[1], "encoding_format": "base64", "dimensions": 64}).encode(),
         AUTH | JSON,
     ),
+    "search, fused mode": ("/search", _search(mode="fused"), AUTH | JSON),
     # Errors raised while answering: the hot path's error answer.
     "empty query": ("/search", _search(query="  "), AUTH | JSON),
     "unknown variant": ("/search", _search(variant="f32-9"), AUTH | JSON),
