@@ -54,11 +54,20 @@ class Load:
     requests: dict[int, int]
     max_seconds: float
     warmup: int
+    # tandem's own routes also run past its batch size (two batches of 32
+    # alternate: one forms while the other runs); at C=32 every client is in
+    # the one batch, so the cores idle while its answers go out.
+    saturation: int = 64
+
+    @property
+    def tandem_levels(self) -> tuple[int, ...]:
+        """The levels tandem's own routes run: the common ones, then saturation."""
+        return (*self.levels, self.saturation)
 
 
 # 1,000 single queries: a p99 over 300 is the third-slowest request, one stall from a miss.
-FULL_LOAD = Load((1, 8, 32), {1: 1000, 8: 800, 32: 1600}, 60.0, 100)
-QUICK_LOAD = Load((1, 8, 32), {1: 40, 8: 80, 32: 128}, 10.0, 20)
+FULL_LOAD = Load((1, 8, 32), {1: 1000, 8: 800, 32: 1600, 64: 3200}, 60.0, 100)
+QUICK_LOAD = Load((1, 8, 32), {1: 40, 8: 80, 32: 128, 64: 128}, 10.0, 20)
 FULL_ROUNDS, QUICK_ROUNDS = 3, 2  # quick: 2, so CI runs the interleaving too
 
 
@@ -125,6 +134,7 @@ def measure_server(
     path: str,
     bodies: list[dict[str, Any]],
     load: Load,
+    levels: tuple[int, ...] | None = None,
 ) -> dict[str, Any]:
     """One server's report entry: its startup, warm RSS and every load level on ``path``."""
     return {
@@ -132,7 +142,7 @@ def measure_server(
         "key": key,
         "startup_s": server.startup_s,
         "rss_mib": server.rss_mib(),
-        "levels": http_levels(server, path, bodies, load),
+        "levels": http_levels(server, path, bodies, load, levels=levels),
     }
 
 
@@ -142,14 +152,18 @@ def http_levels(
     bodies: list[dict[str, Any]],
     load: Load,
     per_request: int = 1,
+    levels: tuple[int, ...] | None = None,
 ) -> list[dict[str, Any]]:
-    """Warm up, then one closed-loop run per concurrency level, with server CPU per request."""
+    """Warm up, then one closed-loop run per concurrency level, with server CPU per request.
+
+    ``levels`` defaults to the load's common levels.
+    """
     requests = [
         loadgen.encode_post(HOST, server.port, path, json.dumps(b).encode()) for b in bodies
     ]
     loadgen.closed_loop(HOST, server.port, requests, 4, load.warmup, load.max_seconds)
     results = []
-    for level in load.levels:
+    for level in levels or load.levels:
         cpu0 = server.cpu_seconds()
         run = loadgen.closed_loop(
             HOST,
@@ -287,7 +301,12 @@ def run(ws: Workspace, load: Load, profile_seconds: float = 0.0, rounds: int = 1
         "k": K,
         "n_queries": len(queries),
         "student": ModelCard.load(ws.models.student).name,
-        "load": {"levels": load.levels, "requests": load.requests, "max_s": load.max_seconds},
+        "load": {
+            "levels": load.levels,
+            "tandem_levels": load.tandem_levels,
+            "requests": load.requests,
+            "max_s": load.max_seconds,
+        },
         "raw": raw,
         "in_process": limit,
         "teacher_in_process": teacher_row,
@@ -307,7 +326,10 @@ def run(ws: Workspace, load: Load, profile_seconds: float = 0.0, rounds: int = 1
             if round_ > 0:
                 raws.append(anchors(ws, load))
             measured.append(
-                [measure_server(server, name, key, path, b, load) for name, key, path, b in routes]
+                [
+                    measure_server(server, name, key, path, b, load, load.tandem_levels)
+                    for name, key, path, b in routes
+                ]
             )
         out["raw"] = median_of(raws)
         out["servers"] += median_of(measured)

@@ -174,6 +174,9 @@ def _query_ratios(query: dict[str, Any]) -> list[Ratio]:
     if tandem:
         c1, top = _level(tandem, 1), _saturated(tandem)
         client_share = top["client_cpu_ms"] / (top["client_cpu_ms"] + top["server_cpu_ms"])
+        # The raw loop returns ids and scores; so does /search with `fields`.
+        ids = _server(query, "tandem_ids")
+        ids_c1, ids_top = (_level(ids, 1), _saturated(ids)) if ids else (None, None)
         out.append(
             Ratio(
                 "/search single-query p50 ≤ 1.25 × raw loop (same file)",
@@ -181,7 +184,13 @@ def _query_ratios(query: dict[str, Any]) -> list[Ratio]:
                 1.25,
                 False,
                 f"/search C=1 {_f(c1['p50_ms'] if c1 else nan, 2)} ms; raw "
-                f"`{same['model']}` {_f(same['p50_ms'], 2)} ms",
+                f"`{same['model']}` {_f(same['p50_ms'], 2)} ms"
+                + (
+                    f"; ids and scores only {_f(ids_c1['p50_ms'], 2)} ms "
+                    f"({ids_c1['p50_ms'] / same['p50_ms']:.2f}×)"
+                    if ids_c1
+                    else ""
+                ),
             )
         )
         out.append(
@@ -192,10 +201,17 @@ def _query_ratios(query: dict[str, Any]) -> list[Ratio]:
                 True,
                 f"/search C={top['concurrency']} {_f(top['qps'])} q/s (load client "
                 f"{client_share:.0%} of client+server CPU); raw best of batches "
-                f"{_f(same['qps_best'])} q/s",
+                f"{_f(same['qps_best'])} q/s"
+                + (
+                    f"; ids and scores only C={ids_top['concurrency']} {_f(ids_top['qps'])} "
+                    f"q/s ({ids_top['qps'] / same['qps_best']:.2f}×)"
+                    if ids_top
+                    else ""
+                ),
             )
         )
-        worst = max(tandem["levels"], key=lambda lv: lv["p99_ms"] / max(lv["p50_ms"], 1e-9))
+        goal_levels = [lv for lv in tandem["levels"] if lv["concurrency"] <= 32]
+        worst = max(goal_levels, key=lambda lv: lv["p99_ms"] / max(lv["p50_ms"], 1e-9))
         inside = ""
         p50s, p99s = worst.get("server_p50_ms", {}), worst.get("server_p99_ms", {})
         if "x-total-time" in p50s and p50s["x-total-time"] > 0:
@@ -255,6 +271,19 @@ def _query_ratios(query: dict[str, Any]) -> list[Ratio]:
             )
         )
     return out
+
+
+def _saturation_note(load: dict[str, Any]) -> str:
+    """Why tandem's rows have one level more than the peers' (older results have none)."""
+    extra = [c for c in load.get("tandem_levels", ()) if c not in load["levels"]]
+    if not extra:
+        return ""
+    return (
+        f"tandem's own routes also run at C={extra[0]}, past the micro-batch size of 32: at "
+        "C=32 every client sits in the one batch, so the cores idle while its answers go out "
+        "and the next requests come in; with more clients than a batch holds, one batch forms "
+        "while the other runs. Saturated throughput is the best level. "
+    )
 
 
 def _raw_rows(raw: dict[str, Any]) -> list[str]:
@@ -377,7 +406,8 @@ def _query(q: dict[str, Any]) -> list[str]:
         "HTTP runs are closed loops (each of C clients sends its next request when its answer "
         "is in) from `bench/loadgen.py` on 127.0.0.1, bounded at "
         f"{q['load']['requests']} requests and {q['load']['max_s']:.0f} s per level. "
-        "Server and client share the cores: client CPU per request is shown.",
+        + _saturation_note(q["load"])
+        + "Server and client share the cores: client CPU per request is shown.",
         "",
         "**tandem without HTTP** (one query at a time, and in batches of 32):",
         "",

@@ -107,3 +107,13 @@ def test_raw_and_http_rows_are_medians_of_interleaved_rounds(quick_run: Path) ->
     assert search["levels"][0]["concurrency"] == 1  # counts are not averaged into floats
     text = (quick_run / "benchmarks.md").read_text()
     assert "measured in 2 interleaved rounds" in text
+
+
+def test_tandem_routes_run_past_the_batch_size(quick_run: Path) -> None:
+    query = json.loads((quick_run / "results.json").read_text())["query"]
+    levels = {s["key"]: [lv["concurrency"] for lv in s["levels"]] for s in query["servers"]}
+    for key in ("tandem", "tandem_ids", "tandem_embeddings"):
+        assert levels[key] == [1, 8, 32, 64], key
+    assert levels["naive"] == [1, 8, 32]
+    text = (quick_run / "benchmarks.md").read_text()
+    assert "tandem's own routes also run at C=64" in text
