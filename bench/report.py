@@ -337,8 +337,9 @@ def _header(results: dict[str, Any]) -> list[str]:
         f"- **Load average** (1, 5, 15 min) before: {before}; after: {after}",
         f"- **Versions**: tandem {m['commit']}; {versions}",
         "- **Threads**: onnxruntime uses every core (the server's default); FAISS uses 1 OpenMP "
-        "thread per single-query search (the server's `faiss_threads`) and every core for "
-        "batched searches",
+        "thread per search in the server (`faiss_threads`), in tandem without HTTP and in the "
+        "raw anchor (its default team spins after a search and slows the next ONNX run), and "
+        "every core for the index section's batched searches",
         "",
     ]
 
