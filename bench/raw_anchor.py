@@ -11,7 +11,7 @@ numpy only, so nothing tandem does can slow the anchor down.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,37 +44,6 @@ def run(
     at 816-920 q/s against 1,070-1,200 q/s with one thread). The anchor is the
     faster setting, in every round.
     """
-    threads = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(1)
-    try:
-        return _run(
-            model_file,
-            tokenizer_file,
-            max_length,
-            vectors,
-            queries,
-            k,
-            n_single,
-            n_batched,
-            prefix,
-            providers,
-        )
-    finally:
-        faiss.omp_set_num_threads(threads)
-
-
-def _run(
-    model_file: Path,
-    tokenizer_file: Path,
-    max_length: int,
-    vectors: npt.NDArray[np.float32] | None,
-    queries: Sequence[str],
-    k: int,
-    n_single: int,
-    n_batched: int,
-    prefix: str,
-    providers: Sequence[str],
-) -> dict[str, Any]:
     session = ort.InferenceSession(str(model_file), providers=list(providers))
     tokenizer = Tokenizer.from_file(str(tokenizer_file))
     tokenizer.enable_truncation(max_length)
@@ -95,6 +64,19 @@ def _run(
         if index is not None:
             index.search(np.ascontiguousarray(embedded, dtype=np.float32), k)
 
+    threads = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        out = _measure(one, texts, n_single, n_batched)
+    finally:
+        faiss.omp_set_num_threads(threads)
+    return {"model": model_file.name, "search": index is not None} | out
+
+
+def _measure(
+    one: Callable[[Sequence[str]], None], texts: list[str], n_single: int, n_batched: int
+) -> dict[str, Any]:
+    """Time ``one`` on single texts (after a warm-up), then on length-sorted batches."""
     for text in texts[:10]:
         one([text])
     singles = []
@@ -105,8 +87,6 @@ def _run(
         singles.append((time.perf_counter() - started) * 1e3)
     cpu_ms = (time.process_time() - cpu0) * 1e3 / n_single
     out: dict[str, Any] = {
-        "model": model_file.name,
-        "search": index is not None,
         "queries": n_single,
         "p50_ms": float(np.percentile(singles, 50)),
         "p99_ms": float(np.percentile(singles, 99)),
