@@ -127,7 +127,8 @@ class Metrics:
         )
         self.batch_tokens = Histogram(
             "tandem_batch_tokens",
-            "padded tokens per ONNX run",
+            "tokens the forward pass of a micro-batch ran, padding included "
+            "(int8 runs each row unpadded)",
             buckets=BATCH_TOKEN_BUCKETS,
             registry=r,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,6 +185,26 @@ async def test_mixed_lengths_embed_as_they_do_alone(student: Encoder) -> None:
     solo = student.encode(texts, "query")
     for result, expected in zip(results, solo, strict=True):
         np.testing.assert_allclose(result.vectors[0], expected, atol=1e-5)
+
+
+async def test_int8_rows_run_unpadded_in_one_pass(query_encoder_dir: Path) -> None:
+    """A mix that fp32 would split in two runs: int8 rows run alone, so no split, no padding."""
+    int8 = Encoder(query_encoder_dir, precision="int8", device="cpu")
+    texts = [f"query number {i}" + " and more" * (i % 4) for i in range(12)]
+    texts.append("a long one " * 40)
+    rows = [tokens(int8, t) for t in texts]
+    lengths = [len(r.ids[0]) for r in rows]
+    assert len(split_by_length(lengths)) == 2
+    b = make(int8)
+    b.start()
+    try:
+        results = await asyncio.gather(*(b.embed(r, deadline()) for r in rows))
+    finally:
+        await b.stop()
+    registry = b.metrics.registry
+    assert registry.get_sample_value("tandem_batch_tokens_sum") == sum(lengths)
+    for result, text in zip(results, texts, strict=True):
+        np.testing.assert_allclose(result.vectors[0], int8.encode([text], "query")[0], atol=1e-6)
 
 
 async def test_a_lone_query_on_a_quiet_server_runs_inline_as_the_thread_would(
